@@ -65,14 +65,6 @@ Position = int | torch.Tensor
 # --------------------------------------------------------------------------- logit measures
 
 
-def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:
-    check(
-        logits.dim() == 3,
-        f"{name} must be (batch, pos, vocab), got shape {tuple(logits.shape)}",
-    )
-    check(logits.is_floating_point(), f"{name} must be a float tensor, got {logits.dtype}")
-
-
 def _mask_or_ones(mask: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
     if mask is None:
         return torch.ones_like(tokens, dtype=torch.bool)
@@ -99,7 +91,8 @@ def token_logprobs(
     >>> lp.shape, round(float(lp[0, 0].exp()), 4)
     (torch.Size([1, 2]), 0.25)
     """
-    _check_logits(logits)
+    check(logits.dim() == 3, f"logits must be (batch, pos, vocab), got {tuple(logits.shape)}")
+    check(logits.is_floating_point(), f"logits must be a float tensor, got {logits.dtype}")
     check(
         tokens.shape == logits.shape[:2],
         f"tokens shape {tuple(tokens.shape)} does not match logits (batch, pos) "
@@ -113,11 +106,8 @@ def token_logprobs(
         bool(((tokens >= 0) & (tokens < vocab))[valid].all()),
         f"token ids must lie in [0, {vocab}); do tokens and logits come from the same model?",
     )
-    work = (
-        logits[:, :-1].float()
-        if logits.dtype in (torch.float16, torch.bfloat16)
-        else logits[:, :-1]
-    )
+    at_least_32 = torch.promote_types(logits.dtype, torch.float32)
+    work = logits[:, :-1].to(at_least_32)  # (batch, pos-1, vocab)
     targets = tokens[:, 1:].clamp(0, vocab - 1)  # (batch, pos-1); padding ids may be anything
     chosen = work.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (batch, pos-1)
     logprobs = chosen - torch.logsumexp(work, dim=-1)  # (batch, pos-1)
