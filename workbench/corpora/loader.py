@@ -17,7 +17,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 
 from workbench.errors import WorkbenchError, check
@@ -101,7 +101,7 @@ def load_corpus(
             f"corpus limit must be a positive integer or None, got {limit!r}; "
             "pass limit=None to keep every document",
         )
-    docs: Iterator[str]
+    docs: Generator[str, None, None]
     if isinstance(spec, str) and spec.startswith(BUILTIN_PREFIX):
         label = f"corpus {spec!r}"
         docs = _iter_txt(builtin_path(spec))
@@ -118,10 +118,13 @@ def load_corpus(
             f"a path to a {_SUPPORTED} file, or a list of strings"
         )
     out: list[str] = []
-    for doc in docs:
-        out.append(doc)
-        if limit is not None and len(out) >= limit:
-            break
+    try:
+        for doc in docs:
+            out.append(doc)
+            if limit is not None and len(out) >= limit:
+                break
+    finally:
+        docs.close()  # stopping early must still close the file now, not at garbage collection
     check(
         bool(out),
         f"{label} has no documents (everything is blank); give it at least one non-blank document",
@@ -151,7 +154,7 @@ def _resolve_file(path: Path) -> Path:
     return path
 
 
-def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+def _iter_lines(path: Path) -> Generator[tuple[int, str], None, None]:
     """Yield ``(line number, decoded line without its newline)``, failing clearly on bad UTF-8."""
     offset = 0
     with path.open("rb") as f:
@@ -173,14 +176,14 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield lineno, text.rstrip("\r\n")
 
 
-def _iter_txt(path: Path) -> Iterator[str]:
+def _iter_txt(path: Path) -> Generator[str, None, None]:
     for _, line in _iter_lines(path):
         doc = line.rstrip()
         if doc.strip():
             yield doc
 
 
-def _iter_jsonl(path: Path) -> Iterator[str]:
+def _iter_jsonl(path: Path) -> Generator[str, None, None]:
     for lineno, line in _iter_lines(path):
         if not line.strip():
             continue
@@ -206,7 +209,7 @@ def _iter_jsonl(path: Path) -> Iterator[str]:
             yield text
 
 
-def _iter_list(items: Sequence[object]) -> Iterator[str]:
+def _iter_list(items: Sequence[object]) -> Generator[str, None, None]:
     for i, item in enumerate(items):
         if not isinstance(item, str):
             raise WorkbenchError(
