@@ -62,7 +62,9 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WorkbenchError(f"{what} {p} is not valid JSON ({e}); it may be truncated: recreate it") from e
+        raise WorkbenchError(
+            f"{what} {p} is not valid JSON ({e}); it may be truncated: recreate it"
+        ) from e
 
 
 def save_tensors(

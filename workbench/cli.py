@@ -1,0 +1,80 @@
+"""The ``workbench`` command: a thin dispatcher over :mod:`workbench.commands`.
+
+Each verb is a module in ``workbench/commands/`` exposing ``NAME``, ``HELP``,
+``add_arguments(parser)``, ``run(args) -> dict`` (the JSON-able result) and
+``render(result) -> str`` (the human-readable text). This file only parses, dispatches, prints
+and turns user errors into one-line messages with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import pkgutil
+import sys
+import warnings
+from types import ModuleType
+
+from workbench.errors import WorkbenchError
+
+
+def _commands() -> list[ModuleType]:
+    import workbench.commands as pkg
+
+    mods = [
+        importlib.import_module(f"workbench.commands.{m.name}")
+        for m in pkgutil.iter_modules(pkg.__path__)
+        if not m.name.startswith("_")
+    ]
+    return sorted((m for m in mods if hasattr(m, "NAME")), key=lambda m: str(m.NAME))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workbench",
+        description="Find, build, apply, compose and measure activation-steering vectors.",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="show library log messages")
+    sub = parser.add_subparsers(dest="command", metavar="VERB")
+    for mod in _commands():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 0
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
+    if not args.verbose:
+        warnings.filterwarnings("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    mod = args._module
+    try:
+        result = mod.run(args)
+    except WorkbenchError as e:
+        print(f"workbench {mod.NAME}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"workbench {mod.NAME}: interrupted; completed work was kept", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(mod.render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

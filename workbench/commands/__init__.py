@@ -1,0 +1,1 @@
+"""One module per ``workbench`` verb; see :mod:`workbench.cli` for the contract."""

@@ -1,0 +1,102 @@
+"""Tiny randomly initialised models for tests, benchmarks and offline demos.
+
+``make_tiny_model(folder, arch="llama")`` writes a complete transformers model folder (config,
+random weights, a small byte-level BPE tokenizer) that :func:`workbench.models.load_model` loads
+like any local model. It needs no network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_TRAINING_TEXT = """
+The quick brown fox jumps over the lazy dog. I love you and I hate you.
+Weddings, brides and grooms walk down the aisle; the ceremony ends with vows.
+Science, cooking, football, history, rain and sunshine, music and law.
+Yesterday my neighbour said that the weather today is cold, but tomorrow will be warm.
+Numbers 0 1 2 3 4 5 6 7 8 9 and punctuation . , ; : ! ? ' " ( ) - all appear here.
+"""
+
+
+def _tokenizer(vocab_size: int):  # -> transformers.PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|bos|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_TRAINING_TEXT] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|bos|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+    )
+
+
+def make_tiny_model(
+    folder: str | Path,
+    *,
+    arch: str = "llama",
+    n_layers: int = 4,
+    d_model: int = 64,
+    n_heads: int = 4,
+    vocab_size: int = 512,
+    n_ctx: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny random causal LM (``llama`` or ``gpt2``) with its tokenizer to ``folder``."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    folder = Path(folder)
+    tokenizer = _tokenizer(vocab_size)
+    vocab = len(tokenizer)
+    common = {
+        "vocab_size": vocab,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config: Any
+    if arch == "llama":
+        config = LlamaConfig(
+            hidden_size=d_model,
+            intermediate_size=4 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=max(1, n_heads // 2),
+            max_position_embeddings=n_ctx,
+            tie_word_embeddings=True,
+            **common,
+        )
+    elif arch == "gpt2":
+        config = GPT2Config(  # type: ignore[call-arg]
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=n_heads,
+            n_positions=n_ctx,
+            n_ctx=n_ctx,  # TransformerLens reads the pre-v5 attribute name
+            **common,
+        )
+    else:
+        raise ValueError(f"unknown tiny architecture {arch!r}: use 'llama' or 'gpt2'")
+    torch.manual_seed(seed)
+    config.architectures = ["LlamaForCausalLM" if arch == "llama" else "GPT2LMHeadModel"]
+    model = AutoModelForCausalLM.from_config(config)
+    # Larger-than-default init so random models give peaked, seed-sensitive distributions.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(3.0)
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
