@@ -93,11 +93,18 @@ def default_backend(model: Model) -> str:
 
 
 def add_hooks(
-    model: Model, hooks: Sequence[tuple[Site, ActFn]], *, backend: str = "tl"
+    model: Model,
+    hooks: Sequence[tuple[Site, ActFn]],
+    *,
+    backend: str = "tl",
+    on_forward: Callable[[int], None] | None = None,
 ) -> HookHandle:
     """Register ``hooks`` on ``model``; all or nothing.
 
-    If registering any hook fails, the ones already added are removed before the error is
+    ``on_forward(seq_len)``, if given, is called at the start of every forward pass of the whole
+    model with the number of positions in that call (the prompt length on the first call of a
+    cached generation, then 1 per new token), so position-dependent hooks can track where they
+    are. If registering any hook fails, the ones already added are removed before the error is
     raised, so the model is never left half-hooked.
     """
     if backend not in BACKENDS:
@@ -108,6 +115,9 @@ def add_hooks(
         )
     handle = HookHandle()
     try:
+        if on_forward is not None:
+            root = model.tl if backend == "tl" else model.hf
+            handle._add(root.register_forward_pre_hook(_start_hook(on_forward), with_kwargs=True))
         for site, fn in hooks:
             site.check(model)
             if backend == "tl":
@@ -122,7 +132,11 @@ def add_hooks(
 
 @contextlib.contextmanager
 def hooks_applied(
-    model: Model, hooks: Sequence[tuple[Site, ActFn]], *, backend: str = "tl"
+    model: Model,
+    hooks: Sequence[tuple[Site, ActFn]],
+    *,
+    backend: str = "tl",
+    on_forward: Callable[[int], None] | None = None,
 ) -> Iterator[HookHandle]:
     """Context-manager twin of :func:`add_hooks`: hooks are removed on exit and on any error.
 
@@ -130,7 +144,7 @@ def hooks_applied(
         >>> with hooks_applied(model, [(Site("resid_pre", 6), lambda x: x + v)]):  # doctest: +SKIP
         ...     logits = model.tl(tokens)
     """
-    handle = add_hooks(model, hooks, backend=backend)
+    handle = add_hooks(model, hooks, backend=backend, on_forward=on_forward)
     try:
         yield handle
     finally:
@@ -156,6 +170,18 @@ def recording(
 
     with hooks_applied(model, [(s, keep(s)) for s in sites], backend=backend):
         yield store
+
+
+def _start_hook(on_forward: Callable[[int], None]) -> Callable[..., None]:
+    def pre(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        x = args[0] if args else kwargs.get("input_ids", kwargs.get("input"))
+        if x is None:
+            x = kwargs.get("inputs_embeds")
+        if x is None or isinstance(x, (str, list)):
+            raise WorkbenchError("position tracking needs token ids, not strings, as input")
+        on_forward(int(x.shape[1]))
+
+    return pre
 
 
 # --------------------------------------------------------------------------- TransformerLens path
