@@ -116,7 +116,7 @@ def add_hooks(
     handle = HookHandle()
     try:
         if on_forward is not None:
-            root = model.tl if backend == "tl" else model.hf
+            root: Any = model.tl if backend == "tl" else model.hf
             handle._add(root.register_forward_pre_hook(_start_hook(on_forward), with_kwargs=True))
         for site, fn in hooks:
             site.check(model)
