@@ -1,0 +1,36 @@
+"""Decomposition backends: activations -> directions (``components_``) and codes.
+
+Every backend follows the scikit-learn contract described in :mod:`dictionaries.base` and is
+found by name through :mod:`dictionaries.registry`::
+
+    import dictionaries
+    pca = dictionaries.create("pca", n_components=16).fit(X)
+    pca.save("runs/pca")
+    same = dictionaries.load("runs/pca")
+
+Backends: ``pca``, ``ica`` (:mod:`dictionaries.linear`), ``dictlearn``
+(:mod:`dictionaries.sparse`), ``sae`` and ``pretrained-sae`` (:mod:`dictionaries.sae`).
+"""
+
+from dictionaries.base import Dictionary, DictionaryInfo
+from dictionaries.linear import ICA, PCA
+from dictionaries.quality import reconstruction_quality
+from dictionaries.registry import available, create, get, load, register
+from dictionaries.sae import PretrainedSAE, SparseAutoencoder
+from dictionaries.sparse import DictLearn
+
+__all__ = [
+    "ICA",
+    "PCA",
+    "DictLearn",
+    "Dictionary",
+    "DictionaryInfo",
+    "PretrainedSAE",
+    "SparseAutoencoder",
+    "available",
+    "create",
+    "get",
+    "load",
+    "reconstruction_quality",
+    "register",
+]
