@@ -86,20 +86,16 @@ class _SAELensBackend(Dictionary):
         return self.sae_.decode(z).float().cpu().numpy()  # (n, d_in)
 
     def _state(self) -> dict[str, torch.Tensor]:
-        return {_PREFIX + k: v.detach().cpu() for k, v in self.sae_.state_dict().items()}
+        state = self.sae_.state_dict()
+        self.sae_.process_state_dict_for_saving(state)  # as SAE.save_model does
+        return {_PREFIX + k: v.detach().cpu() for k, v in state.items()}
 
     def _extra_config(self) -> dict[str, Any]:
         return {"sae_lens_cfg": _jsonable(self.sae_.cfg.to_dict())}
 
     def _load_state(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
-        from sae_lens import SAE as SAELensSAE
-
-        cfg = dict(extra["sae_lens_cfg"])
-        cfg["device"] = "cpu"
-        sae = SAELensSAE.from_dict(cfg)
         state = {k[len(_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_PREFIX)}
-        sae.load_state_dict(state, strict=True)
-        self._set_sae(sae)
+        self._set_sae(_build_sae(dict(extra["sae_lens_cfg"]), state))
 
     def export_sae_lens(self, path: str | os.PathLike[str]) -> Path:
         """Write a native SAELens folder (``cfg.json`` + ``sae_weights.safetensors``), atomically.
@@ -116,6 +112,24 @@ class _SAELensBackend(Dictionary):
         with atomic_path(path) as tmp:
             self.sae_.save_model(tmp)
         return Path(path)
+
+
+def _build_sae(cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> SAELensSAE:
+    """An inference SAE from a SAELens config dict and state dict, held in memory.
+
+    Goes through ``SAE.load_from_disk`` with an in-memory converter, so SAELens applies its own
+    config defaults and state-dict processing, and builds the module on the meta device (no
+    random initialisation, so the global torch RNG is left alone).
+    """
+    from sae_lens import SAE as SAELensSAE
+
+    def from_memory(
+        path: str | Path, device: str, cfg_overrides: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        merged = {**cfg, **(cfg_overrides or {}), "device": device}
+        return merged, {k: v.detach().to(device).clone() for k, v in state.items()}
+
+    return SAELensSAE.load_from_disk("<memory>", device="cpu", converter=from_memory)
 
 
 def _jsonable(value: Any) -> Any:
@@ -281,17 +295,23 @@ class SparseAutoencoder(_SAELensBackend):
 
     def _train(self, provider: Iterator[torch.Tensor], n_rows: int | None) -> dict[str, Any]:
         from sae_lens import SAETrainer
-        from sae_lens.config import SAETrainerConfig
 
         check(
             hasattr(SAETrainer, "step"),
             "this SAELens version has no SAETrainer.step: upgrade sae-lens (pip install -U sae-lens)",
         )
-        bs = self.batch_size if n_rows is None else min(self.batch_size, n_rows)
+        # Seed a private copy of the torch RNG: the caller's random stream is left untouched.
         with torch.random.fork_rng(devices=[]):
             if self.random_state is not None:
                 torch.manual_seed(self.random_state)
-            tsae = self._new_training_sae()
+            return self._train_seeded(provider, n_rows)
+
+    def _train_seeded(self, provider: Iterator[torch.Tensor], n_rows: int | None) -> dict[str, Any]:
+        from sae_lens import SAETrainer
+        from sae_lens.config import SAETrainerConfig
+
+        bs = self.batch_size if n_rows is None else min(self.batch_size, n_rows)
+        tsae = self._new_training_sae()
         trainer = SAETrainer(
             cfg=SAETrainerConfig(
                 total_training_samples=self.n_steps * bs,
@@ -364,14 +384,9 @@ class SparseAutoencoder(_SAELensBackend):
         """What ``TrainingSAE.save_inference_model`` writes, built in memory, with unit decoder
         rows (topk folds them on conversion; standard folds them here, exactly, since ReLU
         commutes with positive scaling)."""
-        from sae_lens import SAE as SAELensSAE
-
         state = tsae.state_dict()
         tsae.process_state_dict_for_saving_inference(state)
-        cfg = tsae.cfg.get_inference_sae_cfg_dict()
-        cfg["device"] = "cpu"
-        sae = SAELensSAE.from_dict(cfg)
-        sae.load_state_dict({k: v.detach().cpu().clone() for k, v in state.items()})
+        sae = _build_sae(tsae.cfg.get_inference_sae_cfg_dict(), state)
         if sae.cfg.architecture() == "standard":
             sae.fold_W_dec_norm()
         return sae
@@ -401,17 +416,32 @@ class PretrainedSAE(_SAELensBackend):
     @classmethod
     def from_release(cls, release: str, sae_id: str, device: str = "cpu") -> PretrainedSAE:
         """``sae_lens.SAE.from_pretrained(release, sae_id)``, e.g.
-        ``PretrainedSAE.from_release("gpt2-small-res-jb", "blocks.8.hook_resid_pre")``."""
-        from sae_lens import SAE as SAELensSAE
+        ``PretrainedSAE.from_release("gpt2-small-res-jb", "blocks.8.hook_resid_pre")``.
 
+        Names are checked against SAELens's bundled release list first (no network); a failed
+        download becomes a :class:`WorkbenchError` suggesting :meth:`from_folder`.
+        """
+        from sae_lens import SAE as SAELensSAE
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        directory = get_pretrained_saes_directory()
+        if release in directory:
+            ids = list(directory[release].saes_map)
+            shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+            check(sae_id in ids, f"sae_id {sae_id!r} is not in release {release!r}: try {shown}")
+        else:
+            check(
+                "/" in release,
+                f"unknown SAE release {release!r}: use a name from SAELens's pretrained SAE list,"
+                " a Hugging Face repo id, or a local folder with PretrainedSAE.from_folder(path)",
+            )
         try:
             sae = SAELensSAE.from_pretrained(release, sae_id, device=device)
-        except ValueError as e:  # SAELens's message for an unknown release or sae_id
-            raise WorkbenchError(f"{e} (check the release and sae_id)") from e
-        except (OSError, ConnectionError, RuntimeError) as e:
+        except Exception as e:  # network stacks raise many types; all mean "not fetched"
             raise WorkbenchError(
-                f"could not download SAE {release}/{sae_id}: the hub is unreachable ({e}); "
-                "give a local SAELens folder with PretrainedSAE.from_folder(path) instead"
+                f"could not fetch SAE {release} / {sae_id} ({type(e).__name__}: {e}); if the "
+                "hub is unreachable, give a local SAELens folder with "
+                "PretrainedSAE.from_folder(path) instead"
             ) from e
         return cls(release=release, sae_id=sae_id)._adopt(sae)
 

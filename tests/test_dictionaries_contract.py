@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,15 @@ def make_data(n: int = 400, seed: int = 0) -> np.ndarray:
     sources = rng.laplace(size=(n, D_MODEL))  # (n, d)
     mixing = rng.normal(size=(D_MODEL, D_MODEL))  # (d, d)
     return (sources @ mixing + 3.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny SAEs train 10-20x slower when torch's second thread waits for a busy shared core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
