@@ -1,23 +1,25 @@
 """Applying a :class:`~workbench.plan.SteeringPlan` to a model, position by position.
 
 :func:`apply_plan` registers one hook per (entry, layer) through :mod:`workbench.hooks` and
-removes them all on exit or on any error. Position policies need to know which absolute
-position every column of every forward pass is, including under the KV cache, where the
-first call carries the prompt and each later call one new token. The root ``on_forward``
-callback of the hooks module gives each call's length; :class:`PlanRun` turns that into column
-positions:
+removes them all on exit or on any error. Position policies need the absolute position of every
+column of every forward pass, including under the KV cache, where the first call carries the
+prompt and each later call one new token. Each hook sees its site exactly once per forward pass,
+so it tracks positions itself from the activation's length:
 
 * a call of more than one position starts at column 0 (a prompt, or an uncached generation
   step that re-reads the whole sequence);
 * a one-position call continues where the previous call ended (a cached generation step),
   unless it is the first call since :meth:`PlanRun.reset`.
 
+(The hooks module's ``on_forward`` root callback is not used: TransformerLens's ``generate``
+calls ``model.forward`` directly, which skips root-module hooks, so steering would silently stop.)
+
 The first call after a reset fixes the prompt width; columns at or beyond it are generated
 tokens. Rows of a left-padded batch start at their pad offset (``pad_offsets``), and their
 prompts hold ``prompt_lengths`` real tokens; without them every row is taken to be unpadded and
 as long as the first call. Independent forward passes inside one ``apply_plan`` block must call
 ``run.reset(...)`` in between (the helpers in :mod:`workbench.forward` and
-:mod:`workbench.generate` do).
+:mod:`workbench.generate` enter a fresh block per batch).
 """
 
 from __future__ import annotations
@@ -86,7 +88,6 @@ class PlanRun:
             for e in plan.entries
             for layer in (e.layers or [])
         ]
-        self._deltas: list[torch.Tensor | None] = [None] * len(self._parts)
         self.reset(pad_offsets, prompt_lengths)
 
     def reset(
@@ -109,17 +110,24 @@ class PlanRun:
                 f"{len(rows)} rows; give one coefficient per row"
             )
         self._layout: _Layout | None = None
-        self._next = 0
+        self._next = [0] * len(self._parts)  # per hook: the column its next call starts at
 
     def hooks(self) -> list[tuple[Site, ActFn]]:
-        """One ``(site, fn)`` per entry and layer, reading this call's precomputed addition."""
+        """One ``(site, fn)`` per entry and layer; each tracks the positions its site sees."""
         return [
             (Site(p.entry.vector.site, p.layer), self._hook(k)) for k, p in enumerate(self._parts)
         ]
 
     def _hook(self, k: int) -> ActFn:
+        part = self._parts[k]
+
         def fn(act: torch.Tensor) -> torch.Tensor | None:
-            delta = self._deltas[k]
+            seq_len = int(act.shape[1])
+            start = 0 if seq_len > 1 or self._next[k] == 0 else self._next[k]
+            self._next[k] = start + seq_len
+            if self._layout is None:
+                self._layout = self._resolve(seq_len)
+            delta = _delta(part, self._layout, start, seq_len)
             if delta is None:
                 return None
             if delta.shape[0] not in (1, act.shape[0]):
@@ -130,15 +138,6 @@ class PlanRun:
             return act + delta
 
         return fn
-
-    def on_forward(self, seq_len: int) -> None:
-        """Called at the start of every forward pass with its number of positions."""
-        start = 0 if seq_len > 1 or self._next == 0 else self._next
-        self._next = start + seq_len
-        if self._layout is None:
-            self._layout = self._resolve(seq_len)
-        for k, part in enumerate(self._parts):
-            self._deltas[k] = _delta(part, self._layout, start, seq_len)
 
     def _resolve(self, width: int) -> _Layout:
         pad = self._pad if self._pad is not None else torch.zeros(1, dtype=torch.long)
@@ -261,5 +260,5 @@ def apply_plan(
     run = PlanRun(
         model, plan, backend=backend, pad_offsets=pad_offsets, prompt_lengths=prompt_lengths
     )
-    with hooks_applied(model, run.hooks(), backend=backend, on_forward=run.on_forward):
+    with hooks_applied(model, run.hooks(), backend=backend):
         yield run

@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.apply import apply_plan
+from workbench.errors import WorkbenchError
+from workbench.generate import generate, generate_with_coefficients, side_by_side
+from workbench.hooks import Site, recording
+from workbench.models import Model
+from workbench.plan import PlanEntry, SteeringPlan
+from workbench.sampling import FrequencyPenalty, Sampling, processors, row_seed
+from workbench.vectors import SteeringVector
+
+PROMPTS = ["Hello world, I love you", "The fox"]
+
+
+def _vec(model: Model, layer: int, shape: tuple[int, ...], seed: int = 0) -> SteeringVector:
+    t = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return SteeringVector({layer: t}, model=model.name, d_model=model.d_model)
+
+
+def _plans(model: Model) -> dict[str, SteeringPlan]:
+    return {
+        "front": SteeringPlan.of(_vec(model, 1, (3, 64)), 4.0),
+        "all": SteeringPlan.of(_vec(model, 2, (64,)), 2.0),
+    }
+
+
+def _new(gen) -> list[list[int]]:
+    return gen.tokens[:, gen.prompt_width :].tolist()
+
+
+@pytest.mark.parametrize("backend", ["hf", "tl"])
+@pytest.mark.parametrize("kind", ["front", "all"])
+def test_cached_and_uncached_greedy_agree_under_steering(
+    tiny_model: Model, backend: str, kind: str
+) -> None:
+    plan = _plans(tiny_model)[kind]
+    kw = {"max_new_tokens": 8, "temperature": 0.0, "stop_at_eos": False, "backend": backend}
+    cached = generate(tiny_model, PROMPTS, plan, use_cache=True, **kw)
+    uncached = generate(tiny_model, PROMPTS, plan, use_cache=False, **kw)
+    plain = generate(tiny_model, PROMPTS, None, **kw)
+    assert _new(cached) == _new(uncached)
+    assert _new(cached) != _new(plain)
+
+
+@pytest.mark.parametrize("kind", ["front", "all"])
+def test_transformer_lens_generate_with_and_without_cache(tiny_model: Model, kind: str) -> None:
+    ids, _, _ = tiny_model.encode(PROMPTS[:1])
+    out = {}
+    for cache in (True, False):
+        with apply_plan(tiny_model, _plans(tiny_model)[kind], backend="tl"):
+            out[cache] = tiny_model.tl.generate(
+                ids, max_new_tokens=8, do_sample=False, use_past_kv_cache=cache, verbose=False,
+                stop_at_eos=False,
+            )  # fmt: skip
+    plain = tiny_model.tl.generate(ids, max_new_tokens=8, do_sample=False, verbose=False)
+    assert torch.equal(out[True], out[False])
+    assert not torch.equal(out[True], plain)
+
+
+def test_generated_tokens_steered_only_when_asked(tiny_model: Model) -> None:
+    # Record the steered layer's input on the last cached step: an "all" vector with
+    # generated=False must leave it as it would be unsteered there.
+    v = _vec(tiny_model, 2, (64,))
+    site = Site("resid_pre", 2)
+    last = {}
+    for generated in (True, False):
+        plan = SteeringPlan.of(v, 3.0, generated=generated)
+        with apply_plan(tiny_model, plan, backend="tl"), recording(tiny_model, [site]) as rec:
+            ids, _, _ = tiny_model.encode(PROMPTS[:1])
+            with torch.inference_mode():
+                tiny_model.tl(ids)  # the prompt
+                tiny_model.tl(ids[:, -1:])  # one cached-style step: a generated position
+            last[generated] = rec[site]
+    with recording(tiny_model, [site]) as rec, torch.inference_mode():
+        tiny_model.tl(ids[:, -1:])
+    assert torch.allclose(last[True] - rec[site], 3.0 * v.directions[2], atol=1e-5)
+    assert torch.equal(last[False], rec[site])
+
+
+def test_left_padded_batch_matches_each_prompt_alone(tiny_model: Model) -> None:
+    plan = SteeringPlan.of(_vec(tiny_model, 1, (2, 64)), 4.0, position="back")
+    kw = {"max_new_tokens": 6, "temperature": 0.0, "stop_at_eos": False}
+    both = generate(tiny_model, PROMPTS, plan, **kw)
+    for i, prompt in enumerate(PROMPTS):
+        alone = generate(tiny_model, [prompt], plan, **kw)
+        assert _new(alone)[0] == _new(both)[i]
+
+
+def test_side_by_side_is_reproducible_and_steers(tiny_model: Model) -> None:
+    plan = SteeringPlan.of(_vec(tiny_model, 1, (64,)), 8.0)
+    kw = {"n": 3, "max_new_tokens": 8}
+    a = side_by_side(tiny_model, "I love", plan, seed=1, **kw)
+    b = side_by_side(tiny_model, "I love", plan, seed=1, **kw)
+    c = side_by_side(tiny_model, "I love", plan, seed=2, **kw)
+    assert set(a) >= {"prompt", "plan", "unsteered", "steered"}
+    assert a["unsteered"] == b["unsteered"] and a["steered"] == b["steered"]
+    assert a["unsteered"] != c["unsteered"]
+    assert a["steered"] != a["unsteered"]
+    assert len(a["steered"]) == 3 and all(not t.startswith("I love") for t in a["steered"])
+    assert a["settings"]["top_p"] == 0.3 and a["settings"]["freq_penalty"] == 1.0
+    plain = generate(
+        tiny_model, "I love", None, n=3, seed=1, top_p=0.3, freq_penalty=1.0, max_new_tokens=8
+    )
+    assert plain.texts == a["unsteered"]
+
+
+def test_coefficient_batch_equals_separate_generations(tiny_model: Model) -> None:
+    entry = PlanEntry(_vec(tiny_model, 1, (64,)), 0.0)
+    coeffs = [0.0, 2.0, 6.0]
+    batched = generate_with_coefficients(tiny_model, "I love", entry, coeffs, n=2, max_new_tokens=6)
+    for c, texts in zip(coeffs, batched, strict=True):
+        alone = generate_with_coefficients(tiny_model, "I love", entry, [c], n=2, max_new_tokens=6)
+        assert alone[0] == texts
+    assert batched[0] != batched[2]
+
+
+def test_gumbel_sampling_follows_the_softmax_and_top_p() -> None:
+    logits = torch.tensor([0.0, 1.0, 2.0, 3.0]).expand(4000, 4)  # (rows, vocab)
+    probs = torch.softmax(logits[0], -1)
+    chain = processors(Sampling(top_p=1.0), 0, [row_seed(0, k) for k in range(4000)])
+    picks = chain(torch.zeros(4000, 0, dtype=torch.long), logits.clone()).argmax(-1)
+    freq = torch.bincount(picks, minlength=4).float() / 4000
+    assert (freq - probs).abs().max() < 0.03
+    nucleus = processors(Sampling(top_p=0.7), 0, [row_seed(0, k) for k in range(4000)])
+    picks = nucleus(torch.zeros(4000, 0, dtype=torch.long), logits.clone()).argmax(-1)
+    kept = probs[2:] / probs[2:].sum()  # top-p 0.7 keeps the two likeliest tokens
+    freq = torch.bincount(picks, minlength=4).float() / 4000
+    assert freq[:2].sum() == 0 and (freq[2:] - kept).abs().max() < 0.03
+
+
+def test_frequency_penalty_counts_generated_tokens_only() -> None:
+    pen = FrequencyPenalty(0.5, prompt_width=2)
+    scores = torch.zeros(1, 8)
+    assert torch.equal(pen(torch.tensor([[5, 5]]), scores), scores)  # prompt only: no penalty
+    out = pen(torch.tensor([[5, 5, 3]]), scores)
+    out = pen(torch.tensor([[5, 5, 3, 3]]), scores)
+    out = pen(torch.tensor([[5, 5, 3, 3, 6]]), scores)
+    expected = torch.zeros(1, 8)
+    expected[0, 3], expected[0, 6] = -1.0, -0.5
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature": -1.0}, "temperature must be"),
+        ({"top_p": 0.0}, "top-p must be"),
+        ({"max_new_tokens": 0}, "max new tokens"),
+        ({"freq_penalty": float("nan")}, "frequency penalty"),
+    ],
+)
+def test_bad_sampling_settings(tiny_model: Model, kwargs: dict, message: str) -> None:
+    with pytest.raises(WorkbenchError, match=message):
+        generate(tiny_model, "I love", None, **kwargs)
+
+
+def test_bad_generation_inputs(tiny_model: Model) -> None:
+    plan = SteeringPlan.of(_vec(tiny_model, 1, (64,)), [1.0, 2.0, 3.0])
+    with pytest.raises(WorkbenchError, match="prompt is empty"):
+        generate(tiny_model, "   ", None)
+    with pytest.raises(WorkbenchError, match="one coefficient per row"):
+        generate(tiny_model, "I love", plan, n=2)
+    with pytest.raises(WorkbenchError, match="exceeds the context"):
+        generate(tiny_model, "I love", None, max_new_tokens=500)
