@@ -53,9 +53,11 @@ def test_layer_l_leaves_earlier_residuals_unchanged(tiny_model: Model, backend: 
         clean_logits = _logits(tiny_model, backend, ids, mask)
     clean = dict(rec)
     plan = SteeringPlan.of(_vec(tiny_model, 2, (64,)), 4.0)
-    with apply_plan(tiny_model, plan, backend=backend):
-        with recording(tiny_model, sites, backend=backend) as rec:
-            steered_logits = _logits(tiny_model, backend, ids, mask)
+    with (
+        apply_plan(tiny_model, plan, backend=backend),
+        recording(tiny_model, sites, backend=backend) as rec,
+    ):
+        steered_logits = _logits(tiny_model, backend, ids, mask)
     for layer in (0, 1):
         assert torch.equal(rec[sites[layer]], clean[sites[layer]])
     assert (rec[sites[2]] - clean[sites[2]]).abs().max() > 1.0
@@ -91,9 +93,11 @@ def test_failure_halfway_through_registration_rolls_back(tiny_model: Model) -> N
     before = _our_hooks(tiny_model)
     ok = PlanEntry(_vec(tiny_model, 0, (64,)), 5.0)
     mid = PlanEntry(_vec(tiny_model, 1, (64,), site="resid_mid"), 5.0)  # not on the hf path
-    with pytest.raises(WorkbenchError, match="only available on backend 'tl'"):
-        with apply_plan(tiny_model, SteeringPlan([ok, mid]), backend="hf"):
-            pass
+    with (
+        pytest.raises(WorkbenchError, match="only available on backend 'tl'"),
+        apply_plan(tiny_model, SteeringPlan([ok, mid]), backend="hf"),
+    ):
+        pass
     assert _our_hooks(tiny_model) == before
     assert torch.equal(_logits(tiny_model, "hf", ids, mask), clean)
 
@@ -184,9 +188,13 @@ def test_head_vectors_add_to_chosen_heads_only(tiny_model: Model) -> None:
 def test_batch_size_mismatch_is_a_clear_error(tiny_model: Model) -> None:
     ids, mask, _ = tiny_model.encode(PROMPTS)
     plan = SteeringPlan.of(_vec(tiny_model, 1, (64,)), [1.0, 2.0])
-    with pytest.raises(WorkbenchError, match="plan has 2 batch rows"):
-        with apply_plan(tiny_model, plan, backend="hf"):
-            _logits(tiny_model, "hf", ids, mask)
-    with pytest.raises(WorkbenchError, match="batch has 3 rows"):
-        with apply_plan(tiny_model, plan, prompt_lengths=mask.sum(1)):
-            pass
+    with (
+        pytest.raises(WorkbenchError, match="plan has 2 batch rows"),
+        apply_plan(tiny_model, plan, backend="hf"),
+    ):
+        _logits(tiny_model, "hf", ids, mask)
+    with (
+        pytest.raises(WorkbenchError, match="batch has 3 rows"),
+        apply_plan(tiny_model, plan, prompt_lengths=mask.sum(1)),
+    ):
+        pass
