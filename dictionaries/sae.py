@@ -470,12 +470,15 @@ class PretrainedSAE(_SAELensBackend):
         self.fit_stats_ = {"n_rows": 0, "dropped_nonfinite_rows": 0, "seconds": 0.0}
         return self
 
-    def _begin_fit(self, d_model: int, info: DictionaryInfo | None) -> None:
+    def _check_fitted(self) -> None:
         check(
             hasattr(self, "sae_"),
             "this PretrainedSAE holds no SAE: build it with PretrainedSAE.from_release(...) or "
             "PretrainedSAE.from_folder(...)",
         )
+
+    def _begin_fit(self, d_model: int, info: DictionaryInfo | None) -> None:
+        self._check_fitted()
         self._check_width(d_model, "X")
         if info is not None:  # the caller's info wins; the SAE's own metadata fills the gaps
             known = self.info_.to_dict()
