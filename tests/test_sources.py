@@ -78,13 +78,29 @@ def test_several_pairs_average_front_aligned(tiny_model: Model) -> None:
     assert torch.allclose(both.directions[1], expected, atol=1e-5)
 
 
+def test_prompt_pair_at_resid_mid_uses_transformer_lens(tiny_model: Model) -> None:
+    v = from_prompts(tiny_model, "Love", "Hate", 2, site="resid_mid")
+    p, n = _tokens(tiny_model, "Love"), _tokens(tiny_model, "Hate")
+    assert len(p) == len(n)
+    expected = _act(tiny_model, p, 2, "resid_mid") - _act(tiny_model, n, 2, "resid_mid")
+    assert torch.allclose(v.directions[2], expected, atol=1e-4)
+
+
+def _n_hooks(model: Model) -> int:
+    assert model.hf is not None
+    mods = [*model.tl.modules(), *model.hf.modules()]
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in mods)
+
+
 # --------------------------------------------------------------------------- mean difference
 
 
 def test_mean_difference_matches_direct_computation(tiny_model: Model) -> None:
     layer = 2
+    before = _n_hooks(tiny_model)
     for positions in ("last", "mean", "all"):
         v = from_datasets(tiny_model, POS, NEG, layer, positions=positions, batch_size=2)
+        assert _n_hooks(tiny_model) == before  # the early-stop and recording hooks are gone
         rows: dict[str, list[torch.Tensor]] = {"pos": [], "neg": []}
         for key, texts in (("pos", POS), ("neg", NEG)):
             for text in texts:
@@ -234,6 +250,7 @@ def test_rebuild_refuses_changed_builtin(tiny_model: Model) -> None:
 
 def test_mean_residual_norm_at_layer0_is_mean_embedding_norm(tiny_model: Model) -> None:
     norms = mean_residual_norms(tiny_model, [0, 2])
+    assert tiny_model.hf is not None
     emb = tiny_model.hf.get_input_embeddings().weight.detach()  # (vocab, d_model)
     ids, mask, _ = tiny_model.encode(load_corpus("builtin:general", limit=32), max_tokens=64)
     keep = mask.bool()
