@@ -27,8 +27,9 @@ def _planted(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.nd
 def test_planted_head_ranks_first_with_its_shift() -> None:
     Z, y, u = _planted()
     tr, te = split_texts(200, 200, test_size=0.25, seed=0)
-    table = head_accuracy_table(Z, y, tr, te)
-    assert table.shape == (3, 4)
+    table, loss = head_accuracy_table(Z, y, tr, te)
+    assert table.shape == (3, 4) and loss.shape == (3, 4)
+    assert loss[1, 2] < 0.5 * np.delete(loss.reshape(-1), 6).min()
     assert table[1, 2] > 0.9
     others = np.delete(table.reshape(-1), 1 * 4 + 2)
     assert others.max() < 0.7
@@ -43,6 +44,8 @@ def test_planted_head_ranks_first_with_its_shift() -> None:
 def test_select_heads_orders_by_accuracy_then_position() -> None:
     table = np.array([[0.5, 0.9, 0.7], [0.9, 0.6, 0.95]])
     assert select_heads(table, 3) == [(1, 2), (0, 1), (1, 0)]
+    loss = np.array([[0.7, 0.3, 0.5], [0.2, 0.6, 0.1]])
+    assert select_heads(table, 3, tiebreak=loss) == [(1, 2), (1, 0), (0, 1)]
     with pytest.raises(WorkbenchError, match=r"k=7 heads is out of range.*1\.\.6"):
         select_heads(table, 7)
 
@@ -56,7 +59,8 @@ def test_iti_on_tiny_model(tiny_model: Model, tmp_path: Path) -> None:
     table = np.array(v.info["accuracy_table"])
     assert table.shape == (L, H)
     heads = [(h["layer"], h["head"]) for h in v.info["heads"]]
-    assert len(heads) == 3 and heads == select_heads(table, 3)
+    loss = np.array(v.info["loss_table"])
+    assert len(heads) == 3 and heads == select_heads(table, 3, tiebreak=loss)
     nonzero = [
         (layer, head)
         for layer, t in v.directions.items()

@@ -156,7 +156,7 @@ def fit_probe(
     )
 
 
-def probe_accuracy(
+def probe_heldout(
     X_train: np.ndarray,
     y_train: np.ndarray,
     X_test: np.ndarray,
@@ -164,10 +164,17 @@ def probe_accuracy(
     *,
     C: float = 1.0,
     max_iter: int = 100,
-) -> float:
-    """Held-out accuracy of a logistic-regression probe (the per-head score ITI ranks by)."""
+) -> tuple[float, float]:
+    """Held-out ``(accuracy, cross-entropy)`` of a logistic-regression probe.
+
+    Accuracy is the per-head score ITI ranks by; the cross-entropy (nats per row) separates
+    heads whose accuracy ties, as it often does at 1.0 on small held-out sets.
+    """
     coef, intercept = _logistic(np.asarray(X_train, dtype=np.float64), y_train, C, max_iter)
-    return _accuracy(np.asarray(X_test, dtype=np.float64) @ coef + intercept, y_test)
+    scores = np.asarray(X_test, dtype=np.float64) @ coef + intercept  # (n_test,)
+    # -log sigmoid(s) for positives, -log(1 - sigmoid(s)) for negatives, computed stably.
+    loss = float(np.where(y_test == 1, np.logaddexp(0, -scores), np.logaddexp(0, scores)).mean())
+    return _accuracy(scores, y_test), loss
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:

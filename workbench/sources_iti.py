@@ -2,7 +2,7 @@
 
 As in ITI: record every attention head's output (site ``z``, before ``W_O``) for two labelled
 text sets, fit a linear probe per (layer, head) on a train split, rank heads by held-out probe
-accuracy, keep the top ``k``, and give each a "mass mean shift": the unit vector from the mean
+accuracy (ties broken by held-out cross-entropy), keep the top ``k``, and give each a "mass mean shift": the unit vector from the mean
 negative to the mean positive output, times ``sigma``, the standard deviation of all outputs
 projected on it. Adding the vector with coefficient ``alpha`` shifts each chosen head by
 ``alpha`` standard deviations along its direction, ITI's units.
@@ -19,7 +19,7 @@ import torch
 from workbench.errors import check
 from workbench.hooks import Site
 from workbench.models import Model
-from workbench.probe import probe_accuracy, split_texts
+from workbench.probe import probe_heldout, split_texts
 from workbench.sources_acts import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_TOKENS,
@@ -41,25 +41,37 @@ def head_accuracy_table(
     *,
     C: float = 1.0,
     max_iter: int = 100,
-) -> np.ndarray:
-    """Held-out probe accuracy of every head: ``Z`` ``(n, n_layers, n_heads, d_head)`` -> ``(n_layers, n_heads)``."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out probe accuracy and cross-entropy of every head.
+
+    ``Z`` is ``(n, n_layers, n_heads, d_head)``; returns two ``(n_layers, n_heads)`` tables.
+    """
     _, n_layers, n_heads, _ = Z.shape
-    table = np.zeros((n_layers, n_heads))
+    acc = np.zeros((n_layers, n_heads))
+    loss = np.zeros((n_layers, n_heads))
     for layer in range(n_layers):
         for head in range(n_heads):
             X = Z[:, layer, head]  # (n, d_head)
-            table[layer, head] = probe_accuracy(
+            acc[layer, head], loss[layer, head] = probe_heldout(
                 X[train_idx], y[train_idx], X[test_idx], y[test_idx], C=C, max_iter=max_iter
             )
-    return table
+    return acc, loss
 
 
-def select_heads(table: np.ndarray, k: int) -> list[tuple[int, int]]:
-    """The ``k`` (layer, head) pairs of highest accuracy; ties go to the earlier layer and head."""
+def select_heads(
+    table: np.ndarray, k: int, tiebreak: np.ndarray | None = None
+) -> list[tuple[int, int]]:
+    """The ``k`` (layer, head) pairs of highest accuracy.
+
+    Ties go to the lower ``tiebreak`` (held-out cross-entropy) when given, then to the earlier
+    layer and head.
+    """
     n = table.size
     check(1 <= k <= n, f"k={k} heads is out of range: this model has {n} heads (1..{n})")
     flat = table.reshape(-1)
-    order = np.lexsort((np.arange(n), -flat))[:k]  # accuracy descending, then index ascending
+    second = np.zeros(n) if tiebreak is None else tiebreak.reshape(-1)
+    # lexsort sorts by the last key first: accuracy descending, then tiebreak, then index.
+    order = np.lexsort((np.arange(n), second, -flat))[:k]
     n_heads = table.shape[1]
     return [(int(i) // n_heads, int(i) % n_heads) for i in order]
 
@@ -98,7 +110,8 @@ def from_iti(
     One forward pass per batch records all heads at all layers. The vector has a
     ``(n_heads, d_head)`` tensor at each layer holding a chosen head (zeros for other heads);
     ``info["accuracy_table"]`` is the full ``n_layers x n_heads`` table of held-out accuracies
-    and ``info["heads"]`` lists the chosen heads with their accuracy and ``sigma``.
+    (``info["loss_table"]``: held-out cross-entropy, which breaks ties in accuracy) and
+    ``info["heads"]`` lists the chosen heads with their accuracy and ``sigma``.
 
     Example:
         >>> v = from_iti(model, "builtin:happy", "builtin:sad", k=16)   # doctest: +SKIP
@@ -121,8 +134,8 @@ def from_iti(
         [torch.cat([a.rows[s], b.rows[s]]) for s in sites], dim=1
     ).numpy()  # (n, n_layers, n_heads, d_head)
     y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(int)
-    table = head_accuracy_table(Z, y, train_idx, test_idx, C=C, max_iter=max_iter)
-    heads = select_heads(table, k)
+    table, loss = head_accuracy_table(Z, y, train_idx, test_idx, C=C, max_iter=max_iter)
+    heads = select_heads(table, k, tiebreak=loss)
     directions: dict[int, torch.Tensor] = {}
     chosen: list[dict[str, float | int]] = []
     for layer, head in heads:
@@ -159,6 +172,7 @@ def from_iti(
             "k": k,
             "heads": chosen,
             "accuracy_table": [[round(float(x), 4) for x in row] for row in table],
+            "loss_table": [[round(float(x), 4) for x in row] for row in loss],
             "n_pos_texts": len(pos),
             "n_neg_texts": len(neg),
             "n_train_texts": int(train_idx.size),
