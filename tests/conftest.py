@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from workbench.models import Model, load_model
 from workbench.testing import make_tiny_model
@@ -45,3 +46,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "real_model" in item.keywords:
                 item.add_marker(skip)
+
+
+_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _threads(request: pytest.FixtureRequest):
+    """Tiny models run faster on one thread (and don't fight other processes for the cores);
+    tests of the real model get all threads."""
+    torch.set_num_threads(_THREADS if "real_model" in request.keywords else 1)
+    yield
+    torch.set_num_threads(_THREADS)
