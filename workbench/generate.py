@@ -292,6 +292,7 @@ def side_by_side(
     temperature: float = ACTADD["temperature"],
     top_p: float = ACTADD["top_p"],
     freq_penalty: float = ACTADD["freq_penalty"],
+    stop_at_eos: bool = True,
     backend: str | None = None,
     batch_size: int | None = None,
 ) -> dict[str, Any]:
@@ -306,7 +307,7 @@ def side_by_side(
     """
     prompt = _check_prompts([prompt])[0]
     check(n >= 1, f"n must be at least 1, got {n}")
-    settings = Sampling(max_new_tokens, temperature, top_p, freq_penalty, seed)
+    settings = Sampling(max_new_tokens, temperature, top_p, freq_penalty, seed, stop_at_eos)
     gen = generate_rows(
         model, [prompt], [0] * (2 * n), list(range(n)) * 2, _with_baseline(plan, n), settings,
         backend=backend, batch_size=batch_size,
@@ -333,6 +334,7 @@ def generate_with_coefficients(
     temperature: float = ACTADD["temperature"],
     top_p: float = ACTADD["top_p"],
     freq_penalty: float = ACTADD["freq_penalty"],
+    stop_at_eos: bool = True,
     backend: str | None = None,
     batch_size: int | None = None,
 ) -> list[list[str]]:
@@ -347,7 +349,7 @@ def generate_with_coefficients(
     check(n >= 1, f"n must be at least 1, got {n}")
     base = entry if isinstance(entry, PlanEntry) else PlanEntry(entry, 0.0)
     plan = SteeringPlan([base.with_coeff([float(c) for c in coeffs for _ in range(n)])])
-    settings = Sampling(max_new_tokens, temperature, top_p, freq_penalty, seed)
+    settings = Sampling(max_new_tokens, temperature, top_p, freq_penalty, seed, stop_at_eos)
     gen = generate_rows(
         model, [prompt], [0] * (n * len(coeffs)), list(range(n)) * len(coeffs), plan, settings,
         backend=backend, batch_size=batch_size,
