@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from workbench.capture import CaptureProgress, capture
+from workbench.capture_batches import doc_records
 from workbench.errors import WorkbenchError
 from workbench.hooks import Site
 from workbench.models import Model
@@ -136,7 +139,7 @@ def _interrupt_after_first_shard(p: CaptureProgress) -> None:
 
 def test_resume_after_interruption_gives_the_same_store(tiny_model: Model, tmp_path: Path) -> None:
     docs = DOCS * 4
-    kwargs = {"shard_rows": 9, "batch_size": 3, "progress_bar": False}
+    kwargs: dict[str, Any] = {"shard_rows": 9, "batch_size": 3, "progress_bar": False}
     clean = capture(tiny_model, docs, [1, 3], out=tmp_path / "clean", **kwargs)
     with pytest.raises(KeyboardInterrupt):
         capture(
@@ -152,7 +155,10 @@ def test_resume_after_interruption_gives_the_same_store(tiny_model: Model, tmp_p
     with pytest.raises(WorkbenchError, match="--resume"):  # refuses without --resume
         capture(tiny_model, docs, [1, 3], out=tmp_path / "cut", **kwargs)
 
+    leftover = tmp_path / "cut" / ".shard-00001.safetensors.x.tmp"  # as left by a killed run
+    leftover.mkdir()
     resumed = capture(tiny_model, docs, [1, 3], out=tmp_path / "cut", resume=True, **kwargs)
+    assert not leftover.exists()
     assert resumed.resumed and resumed.rows == clean.rows and resumed.tokens == clean.tokens
     a = json.loads((clean.path / "manifest.json").read_text())
     b = json.loads((resumed.path / "manifest.json").read_text())
@@ -253,6 +259,7 @@ def test_progress_callback_and_hooks_removed(tiny_model: Model, tmp_path: Path) 
     with pytest.raises(KeyboardInterrupt):
         capture(tiny_model, DOCS, [1], out=tmp_path / "b", shard_rows=3,
                 progress=_interrupt_after_first_shard)  # fmt: skip
+    assert tiny_model.hf is not None
     hooked = [
         m for m in [*tiny_model.tl.modules(), *tiny_model.hf.modules()]
         if m._forward_hooks or m._forward_pre_hooks
@@ -283,3 +290,23 @@ def test_default_model_capture_at_layer_8(default_model: Model, tmp_path: Path) 
     assert 0 < store.mean_norm(8) < 1e4 and 0 < store.row_norm(8) < 1e4
     left, token, right = store.context(0, window=3)
     assert token and token in "".join(sentences)
+
+
+class _SlowTokenizer:
+    """A tokenizer without character offsets: one token per word."""
+
+    is_fast = False
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [len(w) for w in text.split(" ")]}
+
+    def decode(self, ids: list[int]) -> str:
+        return "x" * ids[0] + " "
+
+
+def test_doc_records_without_offsets_use_decoded_pieces() -> None:
+    model = SimpleNamespace(tokenizer=_SlowTokenizer())
+    (record,) = doc_records(model, ["ab cde f"], first=1)  # type: ignore[arg-type]
+    assert record["text"] == "xx xxx x "
+    assert record["offsets"] == [[0, 3], [3, 7], [7, 9]]
+    assert record["n_tokens"] == 4

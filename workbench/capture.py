@@ -26,21 +26,28 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from workbench.capture_batches import batches, doc_records, row_count, select_rows, token_counts
 from workbench.corpora import load_corpus
-from workbench.errors import WorkbenchError, check
+from workbench.errors import check
 from workbench.hooks import Site, hooks_applied, recording
 from workbench.models import Model
 from workbench.store import DTYPES, FORMAT, VERSION
-from workbench.store_writer import RowBatch, StoreWriter, check_destination
+from workbench.store_writer import StoreWriter, check_destination
 
 log = logging.getLogger(__name__)
 
 POSITIONS = ("all", "last", "mean")
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
-CHUNK_DOCS = 512  # documents sorted together by length; fixed so row order never depends on batch
 DEFAULT_SHARD_ROWS = 16384
 # Where each kind fires inside a block: the stopping hook goes on the last-firing site.
-_FIRING_ORDER = {"resid_pre": 0, "z": 1, "attn_out": 2, "resid_mid": 3, "mlp_out": 4, "resid_post": 5}
+_FIRING_ORDER = {
+    "resid_pre": 0,
+    "z": 1,
+    "attn_out": 2,
+    "resid_mid": 3,
+    "mlp_out": 4,
+    "resid_post": 5,
+}
 
 
 @dataclass
@@ -137,7 +144,7 @@ def capture(
 
     limit = min(model.n_ctx, max_tokens) if max_tokens else model.n_ctx
     first = 1 if model.bos_token_id is not None else 0
-    lengths = _token_counts(model, docs, first, limit)  # per doc, BOS included, after truncation
+    lengths = token_counts(model, docs, first, limit)  # per doc, BOS included, after truncation
     truncated = [i for i, (n, full) in enumerate(lengths) if full > limit]
     counts = [n for n, _ in lengths]
     manifest = _manifest(
@@ -147,7 +154,7 @@ def capture(
     if old is not None:
         writer = StoreWriter.resume(path, old, manifest)
     else:
-        writer = StoreWriter.create(path, manifest, _doc_records(model, docs, first))
+        writer = StoreWriter.create(path, manifest, doc_records(model, docs, first))
     if truncated:
         log.info("%d documents were longer than %d tokens; truncated", len(truncated), limit)
     if writer.complete:
@@ -166,34 +173,40 @@ def capture(
     norm_sites = [Site(norm_kind, layer) for layer in layer_list]
     try:
         with torch.inference_mode(), _recording(model, kind_sites + norm_sites, backend) as rec:
-            for batch in _batches(counts, batch_size):
+            for batch in batches(counts, batch_size):
                 lens = [counts[i] for i in batch]
-                n_rows = _row_count(lens, first, positions)
-                if n_rows <= writer.skip:
-                    writer.skip_rows(n_rows)  # already in a shard from an interrupted run
+                n_rows = row_count(lens, first, positions)
+                skipped = n_rows <= writer.skip  # already in shards from an interrupted run
+                if skipped:
+                    writer.skip_rows(n_rows)
                 else:
                     ids, mask, _ = model.encode([docs[i] for i in batch], max_tokens=limit)
                     if mask.sum(1).tolist() != lens:  # resume relies on these counts
                         raise RuntimeError("batch tokenisation disagrees with the token counts")
                     _forward(model, backend, ids, mask)
-                    rows = _rows(
+                    rows = select_rows(
                         ids, mask, torch.tensor(batch), first, positions, DTYPES[dtype],
                         [rec[s] for s in kind_sites], [rec[s] for s in norm_sites], layer_list,
                     )  # fmt: skip
                     rec.clear()
                     writer.add(rows)
-                    tokens_run += sum(max(0, n - first) for n in lens)
                 batch_tokens = sum(max(0, n - first) for n in lens)
+                tokens_run += 0 if skipped else batch_tokens
                 docs_done += len(batch)
                 tokens_done += batch_tokens
                 bar.update(batch_tokens)
                 if progress is not None:
                     progress(
                         CaptureProgress(
-                            docs_done, len(docs), tokens_done, tokens_total, tokens_run,
-                            writer.rows_stored, len(writer.manifest["shards"]),
-                            time.perf_counter() - start,
-                        )  # fmt: skip
+                            docs_done=docs_done,
+                            n_docs=len(docs),
+                            tokens_done=tokens_done,
+                            tokens_total=tokens_total,
+                            tokens_run=tokens_run,
+                            rows=writer.rows_stored,
+                            shards=len(writer.manifest["shards"]),
+                            elapsed_s=time.perf_counter() - start,
+                        )
                     )
             elapsed = time.perf_counter() - start
             writer.manifest["tokens_per_s"] = round(tokens_run / max(elapsed, 1e-9), 1)
@@ -235,34 +248,6 @@ def _choose_backend(model: Model, site: str, backend: str) -> str:
     if backend == "auto":
         return "hf" if model.hf is not None and site != "resid_mid" else "tl"
     return backend
-
-
-def _token_counts(model: Model, docs: list[str], first: int, limit: int) -> list[tuple[int, int]]:
-    """``(kept, full)`` token counts per document, BOS included."""
-    out: list[tuple[int, int]] = []
-    for i in range(0, len(docs), CHUNK_DOCS):
-        ids = model.tokenizer(docs[i : i + CHUNK_DOCS], add_special_tokens=False)["input_ids"]
-        out.extend((min(len(x) + first, limit), len(x) + first) for x in ids)
-    return out
-
-
-def _doc_records(model: Model, docs: list[str], first: int) -> Iterator[dict[str, Any]]:
-    """``docs.jsonl`` records: text and each token's character span (BOS excluded)."""
-    tok = model.tokenizer
-    for i in range(0, len(docs), CHUNK_DOCS):
-        chunk = docs[i : i + CHUNK_DOCS]
-        if getattr(tok, "is_fast", False):
-            enc = tok(chunk, add_special_tokens=False, return_offsets_mapping=True)
-            for j, (text, offsets) in enumerate(zip(chunk, enc["offset_mapping"], strict=True)):
-                spans = [[int(a), int(b)] for a, b in offsets]
-                yield {"doc": i + j, "text": text, "n_tokens": len(spans) + first, "offsets": spans}
-        else:  # no offsets: show tokens as decoded one by one instead of the original text
-            for j, text in enumerate(chunk):
-                pieces = [tok.decode([t]) for t in tok(text, add_special_tokens=False)["input_ids"]]
-                ends = [sum(len(p) for p in pieces[: k + 1]) for k in range(len(pieces))]
-                spans = [[e - len(p), e] for p, e in zip(pieces, ends, strict=True)]
-                yield {"doc": i + j, "text": "".join(pieces), "n_tokens": len(spans) + first,
-                       "offsets": spans}  # fmt: skip
 
 
 def _corpus_source(corpus: str | os.PathLike[str] | Sequence[str], n: int) -> str:
@@ -322,22 +307,7 @@ def _manifest(
     }
 
 
-def _batches(counts: list[int], batch_size: int) -> Iterator[list[int]]:
-    """Document indices in capture order: longest first within each chunk, then batched."""
-    for start in range(0, len(counts), CHUNK_DOCS):
-        chunk = range(start, min(start + CHUNK_DOCS, len(counts)))
-        order = sorted(chunk, key=lambda i: (-counts[i], i))
-        for b in range(0, len(order), batch_size):
-            yield order[b : b + batch_size]
-
-
-def _row_count(lengths: list[int], first: int, positions: str) -> int:
-    if positions == "all":
-        return sum(max(0, n - first) for n in lengths)
-    return sum(1 for n in lengths if n > first)
-
-
-# --------------------------------------------------------------------------- forward and rows
+# --------------------------------------------------------------------------- forward pass
 
 
 @contextlib.contextmanager
@@ -350,86 +320,22 @@ def _recording(model: Model, sites: list[Site], backend: str) -> Iterator[dict[S
         raise _StopForward
 
     # The stopping hook is registered after the recording one, so it runs after it.
-    with recording(model, unique, backend=backend) as rec:
-        with hooks_applied(model, [(deepest, stop)], backend=backend):
-            yield rec
+    with (
+        recording(model, unique, backend=backend) as rec,
+        hooks_applied(model, [(deepest, stop)], backend=backend),
+    ):
+        yield rec
 
 
 def _forward(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -> None:
     try:
-        if backend == "hf":
+        if backend == "hf" and model.hf is not None:
             model.hf(input_ids=ids, attention_mask=mask, use_cache=False)
         else:
             model.tl(ids, attention_mask=mask)
     except _StopForward:
         return
     raise RuntimeError("the forward pass finished without reaching the deepest capture site")
-
-
-def _rows(
-    ids: torch.Tensor,  # (batch, pos)
-    mask: torch.Tensor,  # (batch, pos)
-    doc: torch.Tensor,  # (batch,)
-    first: int,
-    positions: str,
-    dtype: torch.dtype,
-    acts: list[torch.Tensor],  # per layer (batch, pos, width) or (batch, pos, n_heads, d_head)
-    resid: list[torch.Tensor],  # per layer (batch, pos, d_model)
-    layers: list[int],
-) -> RowBatch:
-    """Select the stored rows of one batch and their provenance and norm sums."""
-    keep = mask.bool()  # (batch, pos)
-    keep[:, :first] = False  # BOS is never a row
-    lengths = mask.sum(1)  # (batch,)
-    # where(), not a product: activations at padding are never read, even if not finite.
-    tok_norms = torch.stack([torch.where(keep, r.float().norm(dim=-1), 0.0) for r in resid], -1)
-    if positions == "all":
-        width = ids.shape[1]
-        meta = (
-            doc[:, None].expand(-1, width)[keep],
-            torch.arange(width)[None].expand(len(doc), -1)[keep],
-            ids[keep],
-        )
-        rows = [a.flatten(2)[keep] for a in acts]  # (rows, width)
-        resid_sum = tok_norms[keep].double()  # (rows, L)
-        resid_count = torch.ones(len(meta[0]), dtype=torch.int64)
-    else:
-        valid = keep.any(1)  # documents with at least one real token
-        last = (lengths - 1).clamp(min=0)
-        ar = torch.arange(len(doc))
-        if positions == "last":
-            meta = (doc[valid], last[valid], ids[ar, last][valid])
-            rows = [a.flatten(2)[ar, last][valid] for a in acts]
-        else:
-            n_real = keep.sum(1, keepdim=True).clamp(min=1)  # (batch, 1)
-            minus = torch.full((int(valid.sum()),), -1, dtype=torch.int64)
-            meta = (doc[valid], minus, minus.clone())
-            rows = [
-                (torch.where(keep[..., None], a.flatten(2).float(), 0.0).sum(1) / n_real)[valid]
-                for a in acts
-            ]  # (docs, width)
-        resid_sum = tok_norms.sum(1)[valid].double()  # (docs, L)
-        resid_count = keep.sum(1)[valid]
-    stored: dict[int, torch.Tensor] = {}
-    norms = []
-    for layer, r in zip(layers, rows, strict=True):
-        r32 = r.float()
-        norms.append(r32.norm(dim=-1).double())
-        stored[layer] = r32.to(dtype)
-        if not bool(torch.isfinite(stored[layer]).all()) and bool(torch.isfinite(r32).all()):
-            raise WorkbenchError(
-                f"activations at layer {layer} exceed the float16 range; "
-                "capture again with --dtype float32 --overwrite"
-            )
-    return RowBatch(
-        acts=stored,
-        doc=meta[0].long(),
-        pos=meta[1].long(),
-        token=meta[2].long(),
-        row_norm=torch.stack(norms, -1),
-        resid_sum=resid_sum,
-        resid_count=resid_count.long(),
-    )
 
 
 def _result(

@@ -40,7 +40,9 @@ def parse_layers(text: str) -> list[int]:
     except ValueError:
         layers = []
     if not layers:
-        raise WorkbenchError(f"--layers {text!r} is not a list of layers; write e.g. --layers 4,8,12")
+        raise WorkbenchError(
+            f"--layers {text!r} is not a list of layers; write e.g. --layers 4,8,12"
+        )
     return layers
 
 
