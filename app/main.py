@@ -1,0 +1,29 @@
+"""The dashboard's entry point: ``workbench app`` runs ``streamlit run app/main.py``.
+
+Five pages (one file each in ``app/pages/``) over the same library functions the CLI uses:
+model and data, decompose and discover, steer, overshoot, compose. The app holds no logic of
+its own; see :mod:`app.state` for what is cached and kept between reruns.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import state
+
+st.set_page_config(page_title="Steering workbench", page_icon=":material/tune:", layout="wide")
+
+PAGES = [
+    st.Page("pages/1_model_and_data.py", title="Model and data", icon=":material/database:"),
+    st.Page("pages/2_decompose.py", title="Decompose and discover", icon=":material/scatter_plot:"),
+    st.Page("pages/3_steer.py", title="Steer", icon=":material/alt_route:"),
+    st.Page("pages/4_overshoot.py", title="Overshoot", icon=":material/show_chart:"),
+    st.Page("pages/5_compose.py", title="Compose", icon=":material/join_inner:"),
+]
+
+page = st.navigation(PAGES)
+with st.sidebar:
+    st.caption(f"Model: `{state.model_name()}`")
+    kept = list(state.library())
+    st.caption(f"Kept vectors: {', '.join(kept) if kept else 'none yet'}")
+page.run()

@@ -1,0 +1,220 @@
+"""Page 2: decompose stored activations, look at components, rank candidate vectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import results, state
+from app.widgets import attempt, marked_context_html, token_chips
+from dictionaries.inspect import ComponentReport
+from workbench.store import ActivationStore
+
+METHODS = ("pca", "ica", "dictlearn", "sae")
+FITTED = "decompose_fitted"  # session: {"store", "layer", "method", "k"}
+CANDIDATES = "decompose_candidates"  # session: the latest Discovery
+
+st.title("Decompose and discover")
+model = state.require_model()
+
+store_path = st.session_state.get(state.STORE_PATH)
+if not store_path:
+    st.info("No activation store yet: capture one on the **Model and data** page.")
+    st.stop()
+store = attempt(ActivationStore.open, store_path)
+if store is None:
+    st.stop()
+st.caption(
+    f"Store `{store_path}`: {store.n_rows:,} rows at layers {store.layers} ({store.site}), "
+    f"model `{store.manifest.get('model')}`"
+)
+stamp = results.store_stamp(store_path)
+
+c1, c2, c3, c4 = st.columns(4)
+layer = c1.selectbox("Layer", store.layers, key="dec_layer")
+method = c2.selectbox("Method", METHODS, key="dec_method")
+k = int(c3.number_input("Components (k)", 1, store.d_model, min(8, store.d_model), key="dec_k"))
+max_rows = int(c4.number_input("Rows to fit on", 16, 1_000_000, 20_000, step=1000, key="dec_rows"))
+
+if st.button("Fit", type="primary", key="dec_fit"):
+    with st.spinner(f"Fitting {method} with k={k}…"):
+        fitted = attempt(results.fit_dictionary, store_path, stamp, layer, method, k, max_rows)
+    if fitted is not None:
+        st.session_state[FITTED] = {"store": store_path, "layer": layer, "method": method, "k": k,
+                                    "rows": max_rows, "stamp": stamp}  # fmt: skip
+        st.session_state.pop(CANDIDATES, None)
+
+spec = st.session_state.get(FITTED)
+if not spec or spec["store"] != store_path or spec["stamp"] != stamp:
+    st.info("Choose a layer, a method and k, then **Fit**.")
+    st.stop()
+dictionary = results.fit_dictionary(
+    spec["store"], spec["stamp"], spec["layer"], spec["method"], spec["k"], spec["rows"]
+)
+st.session_state[state.DICTIONARY] = dictionary
+layer = spec["layer"]
+method_name = str(spec["method"])
+
+# --------------------------------------------------------------------------- quality, variance
+
+st.subheader(f"{method_name} at layer {layer}, k={dictionary.n_components_}")
+q = attempt(results.quality, dictionary, store_path, stamp, layer)
+if q is not None:
+    m = st.columns(4)
+    m[0].metric("Variance explained", "n/a" if q["fve"] is None else f"{q['fve']:.1%}")
+    m[1].metric("Reconstruction MSE", f"{q['mse']:.4g}")
+    m[2].metric("Active codes per row (L0)", f"{q['l0']:.1f}")
+    m[3].metric("Dead components", q["dead_atoms"])
+evr = getattr(dictionary, "explained_variance_ratio_", None)
+if evr is not None:
+    fig = go.Figure()
+    idx = list(range(len(evr)))
+    fig.add_bar(x=idx, y=list(evr), name="per component")
+    fig.add_scatter(x=idx, y=list(evr.cumsum()), name="cumulative", mode="lines+markers")
+    fig.update_layout(
+        title="Explained variance ratio", xaxis_title="component", yaxis_title="fraction",
+        height=300, margin={"t": 40, "b": 30},
+    )  # fmt: skip
+    st.plotly_chart(fig, key="dec_evr")
+else:
+    st.caption(f"Per-component explained variance is defined for PCA, not {method_name}.")
+
+# --------------------------------------------------------------------------- UMAP
+
+
+def _map_figure(points: Any) -> go.Figure:
+    fig = go.Figure()
+    xy = points.coords
+    if points.categorical:
+        for cat in sorted(set(points.colour)):
+            sel = [i for i, c in enumerate(points.colour) if c == cat]
+            fig.add_scattergl(
+                x=xy[sel, 0], y=xy[sel, 1], mode="markers", name=str(cat),
+                text=[points.labels[i] for i in sel], marker={"size": 5},
+            )  # fmt: skip
+    else:
+        fig.add_scattergl(
+            x=xy[:, 0], y=xy[:, 1], mode="markers", text=points.labels,
+            marker={"size": 5, "color": points.colour, "colorscale": "Viridis",
+                    "colorbar": {"title": points.colour_name}},
+        )  # fmt: skip
+    fig.update_layout(height=460, margin={"t": 30, "b": 10}, title=f"coloured by "
+                      f"{points.colour_name}")  # fmt: skip
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    return fig
+
+
+with st.expander("UMAP map of activations", expanded=False):
+    u1, u2, u3 = st.columns(3)
+    colour = u1.selectbox("Colour by", ["component", "doc", "label"], key="dec_umap_colour")
+    comp = int(u2.number_input("Component", 0, dictionary.n_components_ - 1, 0, key="dec_umap_c"))
+    n_points = int(u3.number_input("Points", 16, 20_000, 600, step=100, key="dec_umap_n"))
+    labels_text = ""
+    if colour == "label":
+        labels_text = st.text_area(
+            f"One label per document ({store.manifest['n_docs']} lines), e.g. each one's topic",
+            key="dec_umap_labels",
+        )
+    if st.button("Draw map", key="dec_umap_go"):
+        doc_labels = [x.strip() for x in labels_text.splitlines()] if labels_text else None
+        with st.spinner("Running UMAP (the first map in a process compiles numba code)…"):
+            points = attempt(
+                results.activation_map, store_path, stamp, layer, colour, dictionary, comp,
+                n_points, tuple(doc_labels) if doc_labels else None,
+            )  # fmt: skip
+        if points is not None:
+            st.plotly_chart(_map_figure(points), key="dec_umap_plot")
+
+# --------------------------------------------------------------------------- component cards
+
+st.subheader("Components")
+shown = st.multiselect(
+    "Components to inspect", list(range(dictionary.n_components_)),
+    default=list(range(min(4, dictionary.n_components_))), key="dec_cards",
+)  # fmt: skip
+
+
+def _send(label: str, vector: Any, coeff: float | None = None) -> None:
+    """Keep ``vector`` and open it on the steer page (in norm units when a scale is known)."""
+    state.keep_vector(label, vector)
+    st.session_state[state.SEND_TO_STEER] = label
+    st.session_state["steer_vec_src"] = "Kept or discovered"
+    st.session_state["steer_vec_kept"] = label
+    st.session_state["steer_layer"] = layer
+    if coeff is not None:
+        st.session_state["steer_units"] = "norm"
+        st.session_state["steer_coeff_norm"] = coeff
+    st.switch_page("pages/3_steer.py")
+
+
+def _card(r: ComponentReport) -> None:
+    with st.container(border=True):
+        evr_text = "" if r.explained_variance_ratio is None else (
+            f" · {r.explained_variance_ratio:.1%} of variance")  # fmt: skip
+        st.markdown(f"**Component {r.index}**{evr_text}")
+        left, mid, right = st.columns([2, 3, 2])
+        if r.lens is not None:
+            left.markdown("Logit lens: promotes " + token_chips([t.token for t in r.lens.promoted]))
+            left.markdown("suppresses " + token_chips([t.token for t in r.lens.suppressed]))
+        mid.markdown("Top contexts")
+        mid.html("<br>".join(marked_context_html(c.left, c.token, c.right) for c in r.top))
+        if r.bottom:
+            mid.markdown("Most negative contexts")
+            mid.html("<br>".join(marked_context_html(c.left, c.token, c.right) for c in r.bottom))
+        h = r.histogram
+        fig = go.Figure(go.Bar(x=[(a + b) / 2 for a, b in zip(h.edges[:-1], h.edges[1:], strict=True)],
+                               y=h.counts, marker_color="#6366f1"))  # fmt: skip
+        fig.update_layout(height=180, margin={"t": 10, "b": 10, "l": 10, "r": 10},
+                          xaxis_title="activation", yaxis_title="rows")  # fmt: skip
+        right.plotly_chart(fig, key=f"dec_hist_{r.index}")
+        b1, b2 = right.columns(2)
+        for sign, col in ((1, b1), (-1, b2)):
+            if col.button(
+                f"Steer {'+' if sign > 0 else '−'}{r.index}", key=f"dec_send_{r.index}_{sign}"
+            ):
+                vec = attempt(results.vector_from_component, model.name, dictionary, r.index, sign)
+                if vec is not None:
+                    _send(f"{method_name}{'+' if sign > 0 else '-'}{r.index}@{layer}", vec)
+
+
+if shown:
+    with st.spinner("Reading top contexts, histograms and logit lens…"):
+        reports = attempt(
+            results.component_reports, model.name, dictionary, store_path, stamp, layer,
+            tuple(int(i) for i in shown),
+        )  # fmt: skip
+    for report in reports or []:
+        _card(report)
+
+# --------------------------------------------------------------------------- candidates
+
+st.subheader("Ranked candidate vectors")
+st.caption(
+    "Both signs of every component, probed on neutral prompts at a coefficient in units of the "
+    "layer's mean residual norm, ranked by effect (next-token KL) per unit of damage."
+)
+scale = st.number_input("Probe coefficient (norm units)", 0.05, 8.0, 1.0, 0.05, key="dec_scale")
+if st.button("Rank candidates", key="dec_rank"):
+    with st.spinner("Probing every candidate…"):
+        found = attempt(
+            results.discovery, model.name, dictionary, store_path, stamp, layer, float(scale)
+        )
+    if found is not None:
+        st.session_state[CANDIDATES] = found
+found = st.session_state.get(CANDIDATES)
+if found is not None:
+    rows = found.to_json()["candidates"]
+    st.dataframe(
+        [{k: c[k] for k in ("label", "score", "effect", "damage", "ppl_ratio", "top_tokens",
+                            "completion")} for c in rows],
+        hide_index=True, key="dec_table",
+    )  # fmt: skip
+    names = [c.label for c in found.candidates]
+    pick = st.selectbox("Candidate", range(len(names)), format_func=lambda i: names[i],
+                        key="dec_pick")  # fmt: skip
+    if st.button("Send to steering", type="primary", key="dec_send"):
+        cand = found.candidates[pick]
+        _send(f"{method_name}{cand.name}@{layer}", cand.vector, found.settings.scale)

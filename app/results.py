@@ -1,0 +1,217 @@
+"""Cached library calls: each function is one call into the workbench, cached by its arguments.
+
+Models and dictionaries are resources (kept as objects, never copied); everything else is data
+(copied out of the cache on each hit, so a page cannot mutate a cached result). Vectors, plans
+and dictionaries are hashed by content through :data:`app.state.HASH_FUNCS`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+import dictionaries
+from app.state import HASH_FUNCS, get_model
+from dictionaries import maps
+from dictionaries.base import Dictionary, DictionaryInfo
+from dictionaries.discover import Discovery, ProbeSettings, discover
+from dictionaries.inspect import ComponentReport, inspect_components
+from dictionaries.maps import Map2D
+from workbench.corpora import list_builtin
+from workbench.generate import generate_with_coefficients, side_by_side
+from workbench.models import list_models
+from workbench.plan import PlanEntry, SteeringPlan
+from workbench.sources import from_component, from_datasets, from_prompts, random_like
+from workbench.store import ActivationStore
+from workbench.token_effects import TokenEffects, token_logprob_changes
+from workbench.vectors import SteeringVector
+
+
+def _dictionary_key(d: Dictionary) -> str:
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256(np.ascontiguousarray(d.components_).tobytes())
+    h.update(repr((d.method, d.info_.to_dict())).encode())
+    return h.hexdigest()
+
+
+# Streamlit matches hash functions by exact type, so every registered backend is listed.
+_HASH: dict[Any, Any] = {
+    **HASH_FUNCS,
+    **{dictionaries.get(name): _dictionary_key for name in dictionaries.available()},
+}
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def models() -> list[dict[str, Any]]:
+    return list_models()
+
+
+@st.cache_data(show_spinner=False)
+def corpora() -> dict[str, str]:
+    """Built-in corpus name -> description."""
+    return list_builtin()
+
+
+# --------------------------------------------------------------------------- vectors
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs=_HASH)
+def vector_from_prompts(model_name: str, pos: str, neg: str, layer: int) -> SteeringVector:
+    return from_prompts(get_model(model_name), pos, neg, layers=layer)
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs=_HASH)
+def vector_from_datasets(
+    model_name: str, pos: str, neg: str, layer: int, positions: str
+) -> SteeringVector:
+    return from_datasets(get_model(model_name), pos, neg, layer, positions=positions)
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs=_HASH)
+def vector_random(vector: SteeringVector, seed: int) -> SteeringVector:
+    return random_like(vector, seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs=_HASH)
+def vector_from_file(path: str, mtime: float) -> SteeringVector:
+    del mtime  # part of the cache key only: a rewritten file is read again
+    return SteeringVector.load(path)
+
+
+def load_vector(path: str) -> SteeringVector:
+    """A saved vector (re-read when the file changes)."""
+    from workbench.errors import WorkbenchError
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise WorkbenchError(f"vector file not found: {p} (check the path)")
+    return vector_from_file(str(p), os.path.getmtime(p))
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs=_HASH)
+def vector_from_component(
+    model_name: str, dictionary: Dictionary, index: int, sign: int
+) -> SteeringVector:
+    return from_component(dictionary, index, sign, model=get_model(model_name))
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
+def steer(model_name: str, plan: SteeringPlan, prompt: str, **options: Any) -> dict[str, Any]:
+    return side_by_side(get_model(model_name), prompt, plan, **options)
+
+
+@st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
+def token_effects(model_name: str, plan: SteeringPlan, text: str) -> TokenEffects:
+    return token_logprob_changes(get_model(model_name), text, plan)
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs=_HASH)
+def samples_by_coefficient(
+    model_name: str, entry: PlanEntry, prompt: str, coeffs: list[float], **options: Any
+) -> list[list[str]]:
+    return generate_with_coefficients(get_model(model_name), prompt, entry, coeffs, **options)
+
+
+# --------------------------------------------------------------------------- dictionaries
+
+
+def store_stamp(path: str) -> float:
+    """Changes whenever the store at ``path`` is rewritten (a cache key for its results)."""
+    manifest = Path(path) / "manifest.json"
+    return os.path.getmtime(manifest) if manifest.exists() else 0.0
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def fit_dictionary(
+    store_path: str, stamp: float, layer: int, method: str, k: int, max_rows: int
+) -> Dictionary:
+    del stamp  # cache key only
+    store = ActivationStore.open(store_path)
+    store.check_layer(layer)
+    n = min(max_rows, store.n_rows)
+    X = store.sample(layer, n) if n < store.n_rows else store.load(layer)  # (rows, d_model)
+    info = DictionaryInfo(model=str(store.manifest.get("model")), site=store.site, layer=layer)
+    return dictionaries.create(method, n_components=k).fit(X, info=info)
+
+
+@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=_HASH)
+def quality(dictionary: Dictionary, store_path: str, stamp: float, layer: int) -> dict[str, Any]:
+    del stamp
+    store = ActivationStore.open(store_path)
+    return dictionaries.reconstruction_quality(dictionary, store.load(layer))
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs=_HASH)
+def component_reports(
+    model_name: str,
+    dictionary: Dictionary,
+    store_path: str,
+    stamp: float,
+    layer: int,
+    indices: tuple[int, ...],
+) -> list[ComponentReport]:
+    del stamp
+    store = ActivationStore.open(store_path)
+    return inspect_components(
+        dictionary,
+        store,
+        layer=layer,
+        indices=list(indices),
+        model=get_model(model_name),
+        top_k=5,
+        window=6,
+        bins=30,
+        lens_k=8,
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=_HASH)
+def activation_map(
+    store_path: str,
+    stamp: float,
+    layer: int,
+    colour_by: str,
+    dictionary: Dictionary,
+    component: int,
+    n: int,
+    doc_labels: tuple[str, ...] | None,
+) -> Map2D:
+    del stamp
+    by_component = colour_by == "component"
+    return maps.activation_map(
+        ActivationStore.open(store_path),
+        layer,
+        colour_by=colour_by,
+        doc_labels=doc_labels,
+        dictionary=dictionary if by_component else None,
+        component=component if by_component else None,
+        n=n,
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=_HASH)
+def discovery(
+    model_name: str,
+    dictionary: Dictionary,
+    store_path: str,
+    stamp: float,
+    layer: int,
+    scale: float,
+) -> Discovery:
+    del stamp
+    return discover(
+        get_model(model_name),
+        dictionary,
+        ActivationStore.open(store_path),
+        layer=layer,
+        settings=ProbeSettings(scale=scale),
+    )

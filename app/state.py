@@ -1,0 +1,124 @@
+"""What the dashboard keeps between reruns: the model (a cached resource), results (cached data)
+and the session's choices (the store, the dictionary, the vectors the user has kept).
+
+Nothing here computes anything itself: every cached function is a direct call into the library,
+cached by its arguments. Vectors and plans are hashed by their contents (:func:`vector_key`), so
+the same vector built twice hits the cache.
+
+Environment: ``WORKBENCH_APP_MODEL`` names the model preselected when a session starts (tests
+point it at a tiny model folder); ``WORKBENCH_APP_DIR`` is where captures, dictionaries and
+saved vectors go (default ``runs/app``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from workbench.models import DEFAULT_MODEL, Model, load_model
+from workbench.plan import SteeringPlan
+from workbench.vectors import SteeringVector
+
+ENV_MODEL = "WORKBENCH_APP_MODEL"
+ENV_DIR = "WORKBENCH_APP_DIR"
+
+# Session-state keys shared between pages.
+MODEL_NAME = "model_name"
+STORE_PATH = "store_path"
+DICTIONARY = "dictionary"
+LIBRARY = "vector_library"  # label -> SteeringVector, for steer/overshoot/compose
+SEND_TO_STEER = "send_to_steer"  # label of a vector the discovery page sent over
+COMPOSE_ROWS = "compose_rows"
+
+# Small defaults so every page stays usable on a CPU.
+DEFAULT_SAMPLES = 4
+DEFAULT_NEW_TOKENS = 24
+
+
+def default_model_name() -> str:
+    """The model a new session starts with: ``$WORKBENCH_APP_MODEL`` or the embedded default."""
+    return os.environ.get(ENV_MODEL) or DEFAULT_MODEL
+
+
+def model_name() -> str:
+    """The session's model name."""
+    if MODEL_NAME not in st.session_state:
+        st.session_state[MODEL_NAME] = default_model_name()
+    return str(st.session_state[MODEL_NAME])
+
+
+def workdir() -> Path:
+    """Folder for the app's captures, dictionaries and vectors."""
+    return Path(os.environ.get(ENV_DIR) or "runs/app").expanduser()
+
+
+def slug(text: str) -> str:
+    """A file-name-safe short form of ``text`` (for default output folders)."""
+    tail = Path(text).name or text
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", tail).strip("-")[:60] or "x"
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _load_model(name: str) -> Model:
+    return load_model(name)
+
+
+def get_model(name: str | None = None) -> Model:
+    """The model ``name`` (default: the session's), loaded once per process."""
+    name = name or model_name()
+    with st.spinner(f"Loading model {name}…"):
+        return _load_model(name)
+
+
+def require_model() -> Model:
+    """The session's model; if it cannot be loaded, show why and stop the page."""
+    from app.widgets import attempt
+
+    model = attempt(get_model)
+    if model is None:
+        st.stop()
+    return model
+
+
+def library() -> dict[str, SteeringVector]:
+    """The vectors kept in this session, by label."""
+    lib: dict[str, SteeringVector] = st.session_state.setdefault(LIBRARY, {})
+    return lib
+
+
+def keep_vector(label: str, vector: SteeringVector) -> str:
+    """Add ``vector`` to the session library under ``label``; returns the label."""
+    library()[label] = vector
+    return label
+
+
+# --------------------------------------------------------------------------- hashing for caches
+
+
+def vector_key(vector: SteeringVector) -> str:
+    """A content hash of a vector: tensors, model, width, site and layer norms."""
+    h = hashlib.sha256()
+    for layer, t in vector.directions.items():
+        h.update(f"{layer}:{tuple(t.shape)}".encode())
+        h.update(t.contiguous().numpy().tobytes())
+    meta = [vector.model, vector.d_model, vector.site, sorted(vector.layer_norms.items())]
+    h.update(json.dumps(meta, default=str).encode())
+    return h.hexdigest()
+
+
+def plan_key(plan: SteeringPlan) -> str:
+    """A content hash of a plan: each entry's vector hash and settings."""
+    rows = [
+        [vector_key(e.vector), e.coeff, e.layers, e.position, e.generated, e.units]
+        for e in plan.entries
+    ]
+    return hashlib.sha256(json.dumps(rows, default=str).encode()).hexdigest()
+
+
+HASH_FUNCS: dict[Any, Any] = {SteeringVector: vector_key, SteeringPlan: plan_key}
