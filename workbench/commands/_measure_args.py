@@ -1,0 +1,139 @@
+"""Options shared by ``workbench sweep``, ``measure`` and ``compose``: what to measure and on
+which texts. Numbers are parsed here (not by argparse) so a bad value is a one-line error."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from workbench.effects import (
+    DEFAULT_NEUTRAL,
+    DEFAULT_OFF_TARGET,
+    DEFAULT_PROMPTS,
+    EFFECT_KINDS,
+    MeasureSpec,
+    Targets,
+    load_texts,
+    parse_words,
+    target_set,
+)
+from workbench.errors import WorkbenchError, check
+from workbench.models import Model
+from workbench.overshoot import OvershootThresholds
+from workbench.sampling import ACTADD, Sampling
+from workbench.vectors import SteeringVector
+
+
+def number(text: str | float, flag: str) -> float:
+    """``text`` as a finite float, or a one-line error naming ``flag``."""
+    try:
+        x = float(text)
+    except (TypeError, ValueError):
+        raise WorkbenchError(f"{flag} {text!r} is not a number") from None
+    check(math.isfinite(x), f"{flag} {text} is not a finite number")
+    return x
+
+
+def integer(text: str | int, flag: str, minimum: int = 0) -> int:
+    try:
+        x = int(text)
+    except (TypeError, ValueError):
+        raise WorkbenchError(f"{flag} {text!r} is not a whole number") from None
+    check(x >= minimum, f"{flag} must be at least {minimum}, got {x}")
+    return x
+
+
+def load_vector(path: str) -> SteeringVector:
+    check(Path(path).is_file(), f"vector file not found: {path} (check the path)")
+    return SteeringVector.load(path)
+
+
+def add_text_arguments(parser: argparse.ArgumentParser, *, n_default: int = 4) -> None:
+    """Prompts, text sets, samples and sampling settings."""
+    parser.add_argument("--prompts", default=DEFAULT_PROMPTS, help="prompts to continue")
+    parser.add_argument("--n-prompts", default="8", help="use the first N prompts (default 8)")
+    parser.add_argument(
+        "--on-target", default=None, help="on-target sentences (perplexity ratio, lower = effect)"
+    )
+    parser.add_argument(
+        "--off-target",
+        default=DEFAULT_OFF_TARGET,
+        help=f"off-target sentences ({DEFAULT_OFF_TARGET})",
+    )
+    parser.add_argument("--n-sentences", default="16", help="sentences used per text set")
+    parser.add_argument("--neutral", default=DEFAULT_NEUTRAL, help="prompts for next-token KL")
+    parser.add_argument("--n-neutral", default="16", help="neutral prompts used (default 16)")
+    parser.add_argument("--n", default=str(n_default), help="completions per prompt (0: none)")
+    parser.add_argument("--max-new-tokens", default="24")
+    parser.add_argument("--seed", default="0")
+    parser.add_argument("--temperature", default=str(ACTADD["temperature"]))
+    parser.add_argument("--top-p", default=str(ACTADD["top_p"]))
+    parser.add_argument("--freq-penalty", default=str(ACTADD["freq_penalty"]))
+    parser.add_argument("--batch-size", default="32", help="rows per scoring batch")
+
+
+def add_effect_arguments(parser: argparse.ArgumentParser) -> None:
+    """One vector's effect: target words, sentiment, on-target text; which is primary."""
+    parser.add_argument("--target-words", default=None, help="comma-separated target words")
+    parser.add_argument("--score", choices=("sentiment",), default=None, help="VADER sentiment")
+    parser.add_argument(
+        "--effect", choices=EFFECT_KINDS, default=None,
+        help="which measure is the effect (default: the first of target_words, target_logprob, "
+        "sentiment, on_target that is measured)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--decrease", action="store_true", help="the wanted effect lowers the measure"
+    )
+
+
+def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-ppl-ratio", default="1.2", help="damage: off-target ppl ratio above")
+    parser.add_argument(
+        "--min-distinct-ratio", default="0.8", help="damage: distinct-2 / unsteered below"
+    )
+
+
+def thresholds(args: argparse.Namespace) -> OvershootThresholds:
+    return OvershootThresholds(
+        max_ppl_ratio=number(args.max_ppl_ratio, "--max-ppl-ratio"),
+        min_distinct_ratio=number(args.min_distinct_ratio, "--min-distinct-ratio"),
+    )
+
+
+def build_spec(args: argparse.Namespace, targets: list[Targets], *, sentiment: bool) -> MeasureSpec:
+    """The :class:`MeasureSpec` the text options describe."""
+    n_sent = integer(args.n_sentences, "--n-sentences", 1)
+    n = integer(args.n, "--n", 0)
+    settings = Sampling(
+        max_new_tokens=integer(args.max_new_tokens, "--max-new-tokens", 1),
+        temperature=number(args.temperature, "--temperature"),
+        top_p=number(args.top_p, "--top-p"),
+        freq_penalty=number(args.freq_penalty, "--freq-penalty"),
+        seed=integer(args.seed, "--seed", 0),
+    )
+    n_prompts = integer(args.n_prompts, "--n-prompts", 1)
+    need_prompts = n > 0 or bool(targets)
+    return MeasureSpec(
+        prompts=load_texts(args.prompts, "--prompts", n_prompts) if need_prompts else [],
+        targets=targets,
+        sentiment=sentiment,
+        on_target=load_texts(args.on_target, "--on-target", n_sent) if args.on_target else [],
+        off_target=load_texts(args.off_target, "--off-target", n_sent) if args.off_target else [],
+        neutral=load_texts(args.neutral, "--neutral", integer(args.n_neutral, "--n-neutral", 1)),
+        n=n,
+        sampling=settings,
+        batch_size=integer(args.batch_size, "--batch-size", 1),
+        boot_seed=settings.seed,
+    )
+
+
+def words_targets(model: Model, text: str | None, name: str = "target") -> list[Targets]:
+    """``--target-words`` as a one-element target list (empty without the option)."""
+    return [] if text is None else [target_set(model, parse_words(text), name)]
+
+
+def progress(msg: str) -> None:
+    """Progress lines go to stderr, so ``--json`` output stays one object on stdout."""
+    print(msg, file=sys.stderr, flush=True)
