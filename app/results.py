@@ -14,18 +14,23 @@ from typing import Any
 import streamlit as st
 
 import dictionaries
+from app.measure_inputs import MeasureOptions, measure_spec
 from app.state import HASH_FUNCS, get_model
 from dictionaries import maps
 from dictionaries.base import Dictionary, DictionaryInfo
 from dictionaries.discover import Discovery, ProbeSettings, discover
 from dictionaries.inspect import ComponentReport, inspect_components
 from dictionaries.maps import Map2D
+from workbench.compose import ComposeItem, run_compose
 from workbench.corpora import list_builtin
+from workbench.effects import Targets, default_effect, parse_words, target_set
 from workbench.generate import generate_with_coefficients, side_by_side
 from workbench.models import list_models
+from workbench.overshoot import OvershootThresholds
 from workbench.plan import PlanEntry, SteeringPlan
 from workbench.sources import from_component, from_datasets, from_prompts, random_like
 from workbench.store import ActivationStore
+from workbench.sweep import SweepConfig, parse_coeffs, run_sweep
 from workbench.token_effects import TokenEffects, token_logprob_changes
 from workbench.vectors import SteeringVector
 
@@ -215,3 +220,73 @@ def discovery(
         layer=layer,
         settings=ProbeSettings(scale=scale),
     )
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def _targets(model_name: str, words: str, name: str) -> list[Targets]:
+    return [target_set(get_model(model_name), parse_words(words), name)] if words.strip() else []
+
+
+@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=_HASH)
+def sweep(
+    model_name: str,
+    vector: SteeringVector,
+    label: str,
+    coeffs: str,
+    layer: int,
+    units: str,
+    position: str | None,
+    opts: MeasureOptions,
+    effect_kind: str,
+    words: str,
+    decrease: bool,
+    thresholds: tuple[float, float],
+) -> dict[str, Any]:
+    """``workbench sweep`` at one layer, as the CLI runs it."""
+    model = get_model(model_name)
+    spec = measure_spec(
+        opts, _targets(model_name, words, "target"), sentiment=effect_kind == "sentiment"
+    )
+    config = SweepConfig(
+        coeffs=parse_coeffs(coeffs),
+        layers=[layer],
+        units=units,
+        position=position,
+        thresholds=OvershootThresholds(*thresholds),
+    )
+    effect = default_effect(spec, effect_kind, decrease)
+    return run_sweep(model, vector, config, spec, effect, label=label)
+
+
+ComposeRow = tuple[str, SteeringVector, int, float, str, str]  # label, vector, layer, coeff,
+# metric ("sentiment" or "target words"), words
+
+
+@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=_HASH)
+def compose(
+    model_name: str,
+    rows: tuple[ComposeRow, ...],
+    units: str,
+    orthogonalize: bool,
+    sampled: bool,
+    opts: MeasureOptions,
+) -> dict[str, Any]:
+    """``workbench compose`` over the plan's rows, as the CLI runs it."""
+    items, targets = [], []
+    for label, vector, layer, coeff, metric, words in rows:
+        t = _targets(model_name, words, label) if metric == "target words" else []
+        targets += t
+        items.append(
+            ComposeItem(
+                vector, coeff, layer, label, targets=t[0] if t else None,
+                score="sentiment" if metric == "sentiment" else None,
+            )
+        )  # fmt: skip
+    sentiment = any(it.score == "sentiment" for it in items)
+    spec = measure_spec(opts, targets, sentiment=sentiment)
+    return run_compose(
+        get_model(model_name), items, spec, units=units, orthogonalize=orthogonalize,
+        sampled=sampled,
+    )  # fmt: skip

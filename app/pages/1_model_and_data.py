@@ -21,13 +21,16 @@ st.subheader("Model")
 current = state.model_name()
 known = [str(m["name"]) for m in results.models() if m["kind"] == "embedded" and m["available"]]
 choices = list(dict.fromkeys([current, state.default_model_name(), *known]))
-picked = st.selectbox("Model", choices, index=0, help="the embedded default is preselected")
+picked = st.selectbox(
+    "Model", choices, index=0, help="the embedded default is preselected", key="model_pick"
+)
 typed = st.text_input(
     "…or a model name or path",
     placeholder="a TransformerLens name (gpt2), a local model folder or a .gguf file",
+    key="model_typed",
 )
 wanted = typed.strip() or picked
-if wanted != current and st.button("Use this model", type="primary"):
+if wanted != current and st.button("Use this model", type="primary", key="model_use"):
     st.session_state[state.MODEL_NAME] = wanted
     st.rerun()
 
@@ -43,20 +46,23 @@ st.caption(f"Loaded from `{info['source']}`")
 # --------------------------------------------------------------------------- data
 
 st.subheader("Data")
-kind = st.radio("Corpus", ["Built-in", "Upload text", "File path"], horizontal=True)
+kind = st.radio(
+    "Corpus", ["Built-in", "Upload text", "File path"], horizontal=True, key="data_kind"
+)
 spec: str | None = None
 if kind == "Built-in":
     described = results.corpora()
     names = list(described)
     name = st.selectbox(
         "Built-in corpus", names, index=names.index("general"),
-        format_func=lambda c: f"{c}: {described[c]}",
+        format_func=lambda c: f"{c}: {described[c]}", key="data_builtin",
     )  # fmt: skip
     spec = f"builtin:{name}"
 elif kind == "Upload text":
     upload = st.file_uploader(
         "A .txt file (one document per line) or .jsonl (a `text` field per line)",
         type=["txt", "jsonl"],
+        key="data_upload",
     )
     if upload is not None:
         dest = state.workdir() / "uploads" / state.slug(upload.name)
@@ -64,15 +70,17 @@ elif kind == "Upload text":
         dest.write_bytes(upload.getvalue())
         spec = str(dest)
 else:
-    spec = st.text_input("Path to a .txt or .jsonl corpus").strip() or None
+    spec = st.text_input("Path to a .txt or .jsonl corpus", key="data_path").strip() or None
 
 c1, c2, c3, c4 = st.columns(4)
-limit = c1.number_input("Documents (0 = all)", min_value=0, value=64, step=16)
-max_tokens = c2.number_input("Tokens per document", min_value=2, value=64, step=16)
-site = c3.selectbox("Site", SITE_KINDS, index=SITE_KINDS.index("resid_post"))
-positions = c4.selectbox("Positions", POSITIONS, index=0)
+limit = c1.number_input("Documents (0 = all)", min_value=0, value=64, step=16, key="data_limit")
+max_tokens = c2.number_input(
+    "Tokens per document", min_value=2, value=64, step=16, key="data_tokens"
+)
+site = c3.selectbox("Site", SITE_KINDS, index=SITE_KINDS.index("resid_post"), key="data_site")
+positions = c4.selectbox("Positions", POSITIONS, index=0, key="data_positions")
 layers = st.multiselect(
-    "Layers", list(range(model.n_layers)), default=[model.n_layers // 2], help="one store, all"
+    "Layers", list(range(model.n_layers)), default=[model.n_layers // 2], key="data_layers"
 )
 corpus_tag = state.slug(spec or "corpus").removeprefix("builtin-")
 default_out = (
@@ -80,10 +88,10 @@ default_out = (
     / "stores"
     / (f"{state.slug(model.name)}-{corpus_tag}-{site}-L{'_'.join(map(str, layers)) or 'x'}")
 )
-out = st.text_input("Store folder", value=str(default_out))
-overwrite = st.checkbox("Replace an existing store there", value=True)
+out = st.text_input("Store folder", value=str(default_out), key="data_out")
+overwrite = st.checkbox("Replace an existing store there", value=True, key="data_overwrite")
 
-if st.button("Capture", type="primary", disabled=spec is None):
+if st.button("Capture", type="primary", disabled=spec is None, key="data_capture"):
     bar = st.progress(0.0, text="Capturing…")
 
     def show(p: CaptureProgress) -> None:

@@ -69,9 +69,13 @@ new_tokens = int(
 seed = int(c3.number_input("Seed", 0, 2**31 - 1, 0, key="steer_seed"))
 with st.expander("Sampling (ActAdd's settings by default)"):
     s1, s2, s3 = st.columns(3)
-    temperature = s1.number_input("Temperature", 0.0, 5.0, float(ACTADD["temperature"]), 0.1)
-    top_p = s2.number_input("Top-p", 0.01, 1.0, float(ACTADD["top_p"]), 0.05)
-    freq_penalty = s3.number_input("Frequency penalty", 0.0, 5.0, float(ACTADD["freq_penalty"]))
+    temperature = s1.number_input(
+        "Temperature", 0.0, 5.0, float(ACTADD["temperature"]), 0.1, key="steer_temperature"
+    )
+    top_p = s2.number_input("Top-p", 0.01, 1.0, float(ACTADD["top_p"]), 0.05, key="steer_top_p")
+    freq_penalty = s3.number_input(
+        "Frequency penalty", 0.0, 5.0, float(ACTADD["freq_penalty"]), key="steer_freq_penalty"
+    )
 
 
 def run_steer() -> dict[str, Any]:
@@ -150,10 +154,10 @@ if last and last["model"] == model.name:
     st.subheader("Keep this vector")
     k1, k2, k3 = st.columns([3, 1, 1], vertical_alignment="bottom")
     label = k1.text_input("Label", value=last["label"], key=f"steer_keep_label_{tag}")
-    if k2.button("Keep", help="for the overshoot and compose pages"):
+    if k2.button("Keep", help="for the overshoot and compose pages", key="steer_keep"):
         state.keep_vector(label, last["vector"])
         st.success(f"Kept {label!r}.")
-    if k3.button("Save file"):
+    if k3.button("Save file", key="steer_save"):
         dest = state.workdir() / "vectors" / f"{state.slug(label)}.safetensors"
         saved = attempt(last["vector"].save, dest)
         if saved is not None:

@@ -1,0 +1,91 @@
+"""Inputs for what to measure (prompts, text sets, samples), shared by overshoot and compose.
+
+:func:`measure_inputs` draws the fields and returns a :class:`MeasureOptions` (plain values, so
+results can be cached by them); :func:`measure_spec` turns it into the library's
+:class:`~workbench.effects.MeasureSpec` with the same library calls ``workbench sweep`` and
+``workbench compose`` make for their ``--prompts/--off-target/--n ...`` options.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import streamlit as st
+
+from workbench.effects import (
+    DEFAULT_NEUTRAL,
+    DEFAULT_OFF_TARGET,
+    DEFAULT_PROMPTS,
+    MeasureSpec,
+    Targets,
+    actadd_sampling,
+    load_texts,
+)
+
+
+class MeasureOptions(NamedTuple):
+    """The text sets and sample counts of a measurement (see ``workbench sweep --help``)."""
+
+    prompts: str = DEFAULT_PROMPTS
+    n_prompts: int = 4
+    n: int = 2
+    max_new_tokens: int = 24
+    seed: int = 0
+    off_target: str = DEFAULT_OFF_TARGET
+    on_target: str = ""
+    n_sentences: int = 8
+    neutral: str = DEFAULT_NEUTRAL
+    n_neutral: int = 8
+
+
+def measure_inputs(key: str, *, on_target: bool = False) -> MeasureOptions:
+    """Fields for the texts and samples (small defaults so a CPU answers in seconds)."""
+    d = MeasureOptions()
+    with st.expander("Texts and samples", expanded=False):
+        c1, c2, c3, c4 = st.columns(4)
+        prompts = c1.text_input("Prompts", d.prompts, key=f"{key}_prompts")
+        n_prompts = c2.number_input("Prompts used", 1, 500, d.n_prompts, key=f"{key}_np")
+        n = c3.number_input("Completions per prompt", 0, 64, d.n, key=f"{key}_n")
+        tokens = c4.number_input("New tokens", 1, 256, d.max_new_tokens, key=f"{key}_tok")
+        c1, c2, c3, c4 = st.columns(4)
+        off = c1.text_input("Off-target text (damage)", d.off_target, key=f"{key}_off")
+        on = c2.text_input("On-target text", "", key=f"{key}_on") if on_target else ""
+        n_sent = c3.number_input("Sentences used", 1, 500, d.n_sentences, key=f"{key}_ns")
+        seed = c4.number_input("Seed", 0, 2**31 - 1, d.seed, key=f"{key}_seed")
+        c1, c2 = st.columns(2)
+        neutral = c1.text_input("Neutral prompts (KL)", d.neutral, key=f"{key}_neu")
+        n_neutral = c2.number_input("Neutral prompts used", 1, 500, d.n_neutral, key=f"{key}_nn")
+    return MeasureOptions(
+        prompts=prompts,
+        n_prompts=int(n_prompts),
+        n=int(n),
+        max_new_tokens=int(tokens),
+        seed=int(seed),
+        off_target=off,
+        on_target=on,
+        n_sentences=int(n_sent),
+        neutral=neutral,
+        n_neutral=int(n_neutral),
+    )
+
+
+def measure_spec(
+    opts: MeasureOptions, targets: list[Targets], *, sentiment: bool = False
+) -> MeasureSpec:
+    """The library's :class:`MeasureSpec` for ``opts`` (as the CLI builds it from its options)."""
+    need_prompts = opts.n > 0 or bool(targets)
+    return MeasureSpec(
+        prompts=load_texts(opts.prompts, "prompts", opts.n_prompts) if need_prompts else [],
+        targets=targets,
+        sentiment=sentiment,
+        on_target=load_texts(opts.on_target, "on-target text", opts.n_sentences)
+        if opts.on_target.strip()
+        else [],
+        off_target=load_texts(opts.off_target, "off-target text", opts.n_sentences)
+        if opts.off_target.strip()
+        else [],
+        neutral=load_texts(opts.neutral, "neutral prompts", opts.n_neutral),
+        n=opts.n,
+        sampling=actadd_sampling(opts.max_new_tokens, opts.seed),
+        boot_seed=opts.seed,
+    )
