@@ -1,8 +1,12 @@
 """The dashboard's entry point: ``workbench app`` runs ``streamlit run app/main.py``.
 
-Five pages (one file each in ``app/pages/``) over the same library functions the CLI uses:
+Five pages (one file each in ``app/views/``) over the same library functions the CLI uses:
 model and data, decompose and discover, steer, overshoot, compose. The app holds no logic of
 its own; see :mod:`app.state` for what is cached and kept between reruns.
+
+The folder is not called ``pages/``: Streamlit treats a ``pages/`` folder beside the main script
+as a legacy multipage app and would run a page opened by URL without this script (no
+navigation, no page config).
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ from app import state
 st.set_page_config(page_title="Steering workbench", page_icon=":material/tune:", layout="wide")
 
 PAGES = [
-    st.Page("pages/1_model_and_data.py", title="Model and data", icon=":material/database:"),
-    st.Page("pages/2_decompose.py", title="Decompose and discover", icon=":material/scatter_plot:"),
-    st.Page("pages/3_steer.py", title="Steer", icon=":material/alt_route:"),
-    st.Page("pages/4_overshoot.py", title="Overshoot", icon=":material/show_chart:"),
-    st.Page("pages/5_compose.py", title="Compose", icon=":material/join_inner:"),
+    st.Page("views/1_model_and_data.py", title="Model and data", icon=":material/database:"),
+    st.Page("views/2_decompose.py", title="Decompose and discover", icon=":material/scatter_plot:"),
+    st.Page("views/3_steer.py", title="Steer", icon=":material/alt_route:"),
+    st.Page("views/4_overshoot.py", title="Overshoot", icon=":material/show_chart:"),
+    st.Page("views/5_compose.py", title="Compose", icon=":material/join_inner:"),
 ]
 
 page = st.navigation(PAGES)

@@ -24,11 +24,11 @@ from workbench.token_effects import token_logprob_changes
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 PAGES = {
-    "data": "pages/1_model_and_data.py",
-    "decompose": "pages/2_decompose.py",
-    "steer": "pages/3_steer.py",
-    "overshoot": "pages/4_overshoot.py",
-    "compose": "pages/5_compose.py",
+    "data": "views/1_model_and_data.py",
+    "decompose": "views/2_decompose.py",
+    "steer": "views/3_steer.py",
+    "overshoot": "views/4_overshoot.py",
+    "compose": "views/5_compose.py",
 }
 
 

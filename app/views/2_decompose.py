@@ -147,7 +147,7 @@ def _send(label: str, vector: Any, coeff: float | None = None) -> None:
     if coeff is not None:
         st.session_state["steer_units"] = "norm"
         st.session_state["steer_coeff_norm"] = coeff
-    st.switch_page("pages/3_steer.py")
+    st.switch_page("views/3_steer.py")
 
 
 def _card(r: ComponentReport) -> None:
