@@ -22,10 +22,12 @@ def _logits(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -
     with torch.inference_mode():
         if backend == "tl":
             return model.tl(ids, attention_mask=mask)
+        assert model.hf is not None
         return model.hf(input_ids=ids, attention_mask=mask).logits
 
 
 def _our_hooks(model: Model) -> int:
+    assert model.hf is not None
     tl = sum(len(m._forward_hooks) for m in model.tl.modules())
     hf = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.hf.modules())
     return tl + hf
