@@ -1,0 +1,147 @@
+"""``workbench decompose``: fit a dictionary on a stored layer and measure it on held-out data.
+
+Thin over :mod:`dictionaries.splice`: a seeded 10% of the store's documents is held out; the
+dictionary is fitted on the rest (PCA streams the store), its reconstruction is measured on the
+held-out rows, and the model named in the store's manifest gives the next-token loss clean, with
+the layer spliced by the reconstruction, and zero-ablated, on the held-out texts. The fitted
+dictionary and ``quality.json`` are written to ``--out`` atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import WorkbenchError, check
+
+NAME = "decompose"
+HELP = "fit a dictionary (pca, ica, dictlearn, sae, ...) on a stored layer and report its quality"
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    """``["alpha=0.5", "architecture=topk"]`` -> ``{"alpha": 0.5, "architecture": "topk"}``.
+
+    Values are read as JSON when they parse (numbers, true/false, null), else kept as text.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        check(bool(sep) and bool(key), f"--param {item!r} is not key=value; write e.g. alpha=0.5")
+        check(key not in out, f"--param {key} is given twice; give it once")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+def check_out(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing, non-empty ``--out`` unless ``--overwrite`` is given."""
+    busy = path.exists() and (not path.is_dir() or any(path.iterdir()))
+    check(overwrite or not busy, f"{path} already exists: choose another --out or pass --overwrite")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--acts", required=True, help="activation store (workbench capture)")
+    parser.add_argument("--layer", type=int, required=True, help="stored layer to decompose")
+    parser.add_argument("--method", default="pca", help="pca, ica, dictlearn, sae, pretrained-sae")
+    parser.add_argument("--k", type=int, default=None, help="number of components")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="backend hyperparameter, repeatable (e.g. --param architecture=topk --param k=8)",
+    )
+    parser.add_argument("--holdout", type=float, default=0.1, help="fraction of documents held out")
+    parser.add_argument("--n-texts", type=int, default=32, help="held-out texts for the loss")
+    parser.add_argument("--no-loss", action="store_true", help="skip the spliced losses (no model)")
+    parser.add_argument("--out", required=True, help="folder for the dictionary and quality.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import warnings
+
+    from dictionaries.splice import (
+        evaluate_heldout,
+        fit_from_store,
+        heldout_docs,
+        make_dictionary,
+    )
+    from workbench.io import atomic_path, write_json
+    from workbench.models import load_model
+    from workbench.store import ActivationStore
+
+    out = Path(args.out)
+    check_out(out, args.overwrite)
+    store = ActivationStore.open(args.acts)
+    store.check_layer(args.layer)
+    dictionary = make_dictionary(args.method, args.k, parse_params(args.param))
+    docs = heldout_docs(store, args.holdout)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_from_store(dictionary, store, args.layer, exclude_docs=docs)
+        model = None
+        if not args.no_loss:
+            name = store.manifest.get("model")
+            if name is None:
+                raise WorkbenchError(f"store {args.acts} does not name its model: use --no-loss")
+            model = load_model(str(name))
+        quality = evaluate_heldout(
+            dictionary, store, args.layer, docs, model=model, n_texts=args.n_texts
+        )
+    notes = [str(w.message) for w in caught if "NaN or inf" in str(w.message)]
+    dropped = {
+        "fit": int(dictionary.fit_stats_.get("dropped_nonfinite_rows", 0)),
+        "heldout": int(quality.get("dropped_nonfinite_rows", 0)),
+    }
+    result = {
+        "method": dictionary.method,
+        "k": dictionary.n_components_,
+        "fve": quality["fve"],
+        "mse": quality["mse"],
+        "l0": quality["l0"],
+        "dead": quality["dead_atoms"],
+        "loss_clean": quality.get("loss_clean"),
+        "loss_spliced": quality.get("loss_spliced"),
+        "loss_zero": quality.get("loss_zero"),
+        "loss_mean": quality.get("loss_mean"),
+        "recovered": quality.get("recovered"),
+        "layer": args.layer,
+        "site": store.site,
+        "model": store.manifest.get("model"),
+        "n_fit_rows": int(dictionary.fit_stats_.get("n_rows", 0)),
+        "heldout_docs": quality["heldout_docs"],
+        "heldout_rows": quality["heldout_rows"],
+        "dropped_nonfinite_rows": dropped,
+        "notes": notes + ([quality["note"]] if "note" in quality else []),
+        "out": str(out),
+    }
+    with atomic_path(out) as tmp:
+        dictionary.save(tmp)
+        write_json(tmp / "quality.json", {**quality, **result})
+    return result
+
+
+def _num(x: Any, fmt: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['method']} with k={result['k']} on layer {result['layer']} ({result['site']}) "
+        f"of {result['model']}: saved to {result['out']}",
+        f"  held out: {result['heldout_docs']} documents, {result['heldout_rows']} rows; "
+        f"fitted on {result['n_fit_rows']} rows",
+        f"  fve {_num(result['fve'])}  mse {_num(result['mse'], '.4g')}  "
+        f"l0 {_num(result['l0'], '.1f')}  dead {result['dead']}",
+        f"  next-token loss: clean {_num(result['loss_clean'])}  spliced "
+        f"{_num(result['loss_spliced'])}  zero-ablated {_num(result['loss_zero'])}"
+        + (f"  (recovered {result['recovered']:.1%})" if result["recovered"] is not None else ""),
+    ]
+    lines += [f"  note: {n}" for n in result["notes"]]
+    return "\n".join(lines)
