@@ -154,6 +154,9 @@ def test_decompose_errors(
     assert "layer 3 is not in the store" in _error(capsys, [*base, "--layer", "3", "--k", "4"])
     assert "out of range for d_model=64" in _error(capsys, [*base, "--layer", "1", "--k", "65"])
     assert "not key=value" in _error(capsys, [*base, "--layer", "1", "--param", "alpha"])
+    inside = ["decompose", "--acts", str(acts), "--layer", "1", "--out", str(acts.parent)]
+    assert "lies inside --out" in _error(capsys, [*inside, "--overwrite"])
+    assert (acts / "manifest.json").is_file()
     assert not out.exists()
     _json(capsys, [*base, "--layer", "1", "--k", "2"])
     assert "already exists" in _error(capsys, [*base, "--layer", "1", "--k", "2"])

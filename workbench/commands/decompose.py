@@ -38,10 +38,17 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def check_out(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing, non-empty ``--out`` unless ``--overwrite`` is given."""
+def check_out(path: Path, overwrite: bool, acts: str | Path | None = None) -> None:
+    """Refuse to replace an existing, non-empty ``--out`` unless ``--overwrite`` is given, and
+    an ``--out`` holding the store ``acts`` (it would be deleted)."""
     busy = path.exists() and (not path.is_dir() or any(path.iterdir()))
     check(overwrite or not busy, f"{path} already exists: choose another --out or pass --overwrite")
+    if acts is not None:
+        src = Path(acts).resolve()
+        check(
+            path.resolve() not in (src, *src.parents),
+            f"--acts {acts} lies inside --out {path}, which is replaced: choose another --out",
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.store import ActivationStore
 
     out = Path(args.out)
-    check_out(out, args.overwrite)
+    check_out(out, args.overwrite, args.acts)
     store = ActivationStore.open(args.acts)
     store.check_layer(args.layer)
     dictionary = make_dictionary(args.method, args.k, parse_params(args.param))

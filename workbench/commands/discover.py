@@ -96,14 +96,8 @@ def run_discovery(
     from workbench.store import ActivationStore
 
     final = Path(out)
-    check_out(final, overwrite)
+    check_out(final, overwrite, acts)
     check((corpus is None) != (acts is None), "give exactly one of --corpus and --acts")
-    if acts is not None:
-        src = Path(acts).resolve()
-        check(
-            final.resolve() not in (src, *src.parents),
-            f"--acts {acts} lies inside --out {final}, which is replaced: choose another --out",
-        )
     if dictionary is not None:
         fitted = dictionaries.load(dictionary)
     else:
