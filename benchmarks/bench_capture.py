@@ -116,7 +116,30 @@ def speed(n_tokens: int, repeats: int) -> dict[str, float]:
     hf = rates["capture"] / rates["transformers forward"]
     print(f"  capture / naive        {naive:8.2f}x  (target >= 3)")
     print(f"  capture / transformers {hf:8.2f}x  (target >= 0.8)")
-    return {**rates, "ratio_naive": naive, "ratio_transformers": hf}
+    paired = _paired_forward(model, batches)
+    print(f"  forward only, alternating batch by batch (robust to load): cut-off capture "
+          f"forward / truncated transformers forward {paired:.2f}x")  # fmt: skip
+    return {**rates, "ratio_naive": naive, "ratio_transformers": hf, "ratio_forward": paired}
+
+
+def _paired_forward(model: Model, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Speed ratio of capture's hooked, cut-off forward to the truncated transformers forward,
+    timed on alternating batches so that load from other processes hits both alike."""
+    from workbench.capture import _forward, _recording
+    from workbench.hooks import Site
+
+    spent = {"capture": 0.0, "transformers": 0.0}
+    with torch.inference_mode():
+        for ids, mask in batches:
+            start = time.perf_counter()
+            with _recording(model, [Site("resid_post", LAYER)], "hf") as rec:
+                _forward(model, "hf", ids, mask)
+                _ = rec[Site("resid_post", LAYER)][mask.bool()].half()
+            spent["capture"] += time.perf_counter() - start
+            start = time.perf_counter()
+            _transformers(model, [(ids, mask)])
+            spent["transformers"] += time.perf_counter() - start
+    return spent["transformers"] / spent["capture"]
 
 
 def _rss_kib(field: str) -> int:

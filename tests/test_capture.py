@@ -199,6 +199,12 @@ def test_existing_store_is_never_silently_overwritten(tiny_model: Model, tmp_pat
     assert ActivationStore.open(out).layers == [2] and res.docs == 2
     with pytest.raises(WorkbenchError, match="not both"):
         capture(tiny_model, DOCS, [1], out=out, overwrite=True, resume=True)
+    (out / "manifest.json").write_text('{"format": ')  # a damaged store is still replaceable
+    capture(tiny_model, DOCS[:3], [1], out=out, overwrite=True, progress_bar=False)
+    assert ActivationStore.open(out).manifest["n_docs"] == 3
+    assert sorted(p.name for p in out.iterdir()) == [
+        "docs.jsonl", "manifest.json", "shard-00000.safetensors",
+    ]  # fmt: skip
 
 
 def test_a_foreign_folder_is_not_touched(tiny_model: Model, tmp_path: Path) -> None:

@@ -95,16 +95,16 @@ def check_destination(path: Path, *, resume: bool, overwrite: bool) -> dict[str,
     if path.exists() and not path.is_dir():
         raise WorkbenchError(f"--out {path} is a file; give a folder for the activation store")
     if is_store(path):
-        old = read_json(path / MANIFEST, "store manifest")
-        if overwrite:
+        if overwrite:  # before reading the manifest: a corrupt store must stay replaceable
             return None
+        old = read_json(path / MANIFEST, "store manifest")
         if resume:
             if not isinstance(old, dict) or old.get("format") != FORMAT:
                 raise WorkbenchError(
                     f"{path / MANIFEST} is not an activation-store manifest; use --overwrite"
                 )
             return old
-        state = "a complete" if old.get("complete") else "an incomplete"
+        state = "a complete" if isinstance(old, dict) and old.get("complete") else "an incomplete"
         raise WorkbenchError(
             f"{path} already holds {state} activation store; pass --resume to continue it, "
             "--overwrite to replace it, or choose another --out"

@@ -21,12 +21,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--corpus", required=True, help="builtin:NAME, a .txt (one document per line) or .jsonl"
     )
     parser.add_argument("--layers", required=True, help="comma-separated layers, e.g. 4,8,12")
-    parser.add_argument("--site", default="resid_post", choices=SITE_KINDS)
-    parser.add_argument("--positions", default="all", choices=POSITIONS)
-    parser.add_argument("--max-tokens", type=int, default=None, help="cut longer documents")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
-    parser.add_argument("--shard-rows", type=int, default=DEFAULT_SHARD_ROWS)
+    parser.add_argument(
+        "--site", default="resid_post", choices=SITE_KINDS, help="where (z: per-head outputs)"
+    )
+    parser.add_argument(
+        "--positions",
+        default="all",
+        choices=POSITIONS,
+        help="all tokens but BOS (default), each document's last token, or its mean",
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, help="cut longer documents (BOS included)"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="documents per forward pass")
+    parser.add_argument(
+        "--dtype", default="float16", choices=("float16", "float32"), help="on-disk precision"
+    )
+    parser.add_argument(
+        "--shard-rows",
+        type=int,
+        default=DEFAULT_SHARD_ROWS,
+        help=f"rows per shard file; bounds memory (default {DEFAULT_SHARD_ROWS})",
+    )
     parser.add_argument("--out", required=True, help="folder for the store")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted store")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store")
