@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -100,13 +100,45 @@ def cosines(vectors: Sequence[SteeringVector], layers: Sequence[int]) -> list[li
 
 
 def _orthogonalize(vectors: list[SteeringVector], layers: list[int]) -> list[SteeringVector]:
+    """Gram-Schmidt per layer; aligned vectors of different lengths are front-padded with zero
+    rows first, so the vectors as applied (front-aligned) come out orthogonal."""
     out: list[SteeringVector] = []
     for i, v in enumerate(vectors):
         for j in range(i):
             if layers[j] == layers[i]:
+                a, b = v.directions[layers[i]], out[j].directions[layers[j]]
+                if a.dim() == 2 and b.dim() == 2 and a.shape != b.shape:
+                    pa, pb = _comparable(a, b)
+                    v = replace(v, directions={layers[i]: pa})
+                    out[j] = replace(out[j], directions={layers[j]: pb})
                 v = v.orthogonalized(out[j])
         out.append(v)
     return out
+
+
+def summarize(
+    alone: Sequence[Estimate], combined: Sequence[Estimate], pairs: Sequence[Sequence[Estimate]]
+) -> dict[str, Any]:
+    """Retention, interference and significance from each vector's own effect estimates.
+
+    ``alone[i]``: vector i's effect alone; ``combined[i]``: in the run with all vectors;
+    ``pairs[i][j]``: in the run with vectors i and j (diagonal: alone). A vector whose alone
+    interval contains 0 is flagged in ``alone_significant`` (its ratios mean little).
+    """
+    ret = retention([c.value for c in combined], [a.value for a in alone])
+    inter = interference_matrix([[p.value for p in row] for row in pairs], [a.value for a in alone])
+    return {
+        "effects": {
+            "alone": [a.to_json() for a in alone],
+            "combined": [c.to_json() for c in combined],
+            "pairs": [[p.to_json() for p in row] for row in pairs],
+        },
+        "retention": ret.values.tolist(),
+        "retention_unreliable": ret.unreliable.tolist(),
+        "alone_significant": [a.low > 0 or a.high < 0 for a in alone],
+        "interference": inter.matrix.tolist(),
+        "interference_unreliable": inter.unreliable.tolist(),
+    }
 
 
 def _damage(r: ConditionResult) -> dict[str, Any]:
@@ -185,8 +217,7 @@ def run_compose(
     alone = [effect(k, [k]) for k in range(n)]
     combined = [effect(k, range(n)) for k in range(n)]
     pairs = [[effect(i, [i, j]) if i != j else alone[i] for j in range(n)] for i in range(n)]
-    ret = retention([c.value for c in combined], [a.value for a in alone])
-    inter = interference_matrix([[p.value for p in row] for row in pairs], [a.value for a in alone])
+    summary = summarize(alone, combined, pairs)
     all_run = by[coeffs(range(n))]
     alone_runs = [by[coeffs([k])] for k in range(n)]
     versus = []
@@ -212,16 +243,7 @@ def run_compose(
             }
             for it, v, layer, e, m in zip(items, vectors, layers, entries, metrics, strict=True)
         ],
-        "effects": {
-            "alone": [a.to_json() for a in alone],
-            "combined": [c.to_json() for c in combined],
-            "pairs": [[p.to_json() for p in row] for row in pairs],
-        },
-        "retention": ret.values.tolist(),
-        "retention_unreliable": ret.unreliable.tolist(),
-        "alone_significant": [a.low > 0 or a.high < 0 for a in alone],
-        "interference": inter.matrix.tolist(),
-        "interference_unreliable": inter.unreliable.tolist(),
+        **summary,
         "cosine": cosines(vectors, layers),
         "damage": {
             "combined": _damage(all_run),

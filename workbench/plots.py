@@ -192,15 +192,19 @@ def sweep_figures(data: dict[str, Any]) -> list[go.Figure]:
     return [curves, heat]
 
 
-def figures_html(figures: list[go.Figure], include_js: bool = True) -> str:
-    """HTML fragments of ``figures``; plotly.js inline once (before the first) if asked."""
+def figures_html(figures: list[go.Figure], include_js: bool = True, first_id: int = 0) -> str:
+    """HTML fragments of ``figures``; plotly.js inline once (before the first) if asked.
+
+    Figures get the ids ``wb-figure-<first_id + i>`` (fixed, so a report renders the same
+    bytes every time; give distinct ``first_id`` values for several calls on one page).
+    """
     parts = []
     for i, fig in enumerate(figures):
-        js: bool | str = bool(include_js and i == 0)
         parts.append(
             fig.to_html(
                 full_html=False,
-                include_plotlyjs=js,
+                include_plotlyjs=bool(include_js and i == 0),
+                div_id=f"wb-figure-{first_id + i}",
                 config={"displaylogo": False},
             )
         )

@@ -85,13 +85,15 @@ class _Page:
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.js_done = False
+        self.n_figures = 0
 
     def add(self, text: str) -> None:
         self.parts.append(text)
 
     def figures(self, figs: list[Any]) -> None:
-        self.add(figures_html(figs, include_js=not self.js_done))
+        self.add(figures_html(figs, include_js=not self.js_done, first_id=self.n_figures))
         self.js_done = True
+        self.n_figures += len(figs)
 
 
 # --------------------------------------------------------------------------- sweep

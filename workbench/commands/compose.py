@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 position=per["position"][i],
             )
         )
+    for it in items:
+        it.metric(args.sampled)  # a vector without a metric fails here, before any model run
     targets = [it.targets for it in items if it.targets is not None]
     spec = build_spec(args, targets, sentiment=any(it.score == "sentiment" for it in items))
     progress(f"composing {n} vectors on {model.name}")

@@ -1,0 +1,293 @@
+"""The end-to-end demo (``workbench demo``, what ``make demo`` runs), stage by stage.
+
+corpus -> capture -> PCA and SAE -> discovered candidates -> a prompt-pair vector (ActAdd's
+" wedding" - " ") with its random control -> a coefficient sweep with overshoot marked and the
+controls -> two vectors composed at two layers ("Love" - "Hate" and the wedding vector) ->
+``demo.json`` and a self-contained ``report.html``. Each stage prints its timing; the defaults
+keep the whole run within a few minutes on two CPU cores with the embedded model, and
+``quick=True`` runs the same pipeline on tiny settings (for tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.capture import capture
+from workbench.compose import ComposeItem, run_compose
+from workbench.corpora import load_corpus
+from workbench.effects import MeasureSpec, actadd_sampling, default_effect, target_set
+from workbench.io import write_json
+from workbench.models import DEFAULT_MODEL, Model, load_model
+from workbench.report import write_report
+from workbench.sources import from_prompts, random_like
+from workbench.store import ActivationStore
+from workbench.sweep import SweepConfig, run_sweep
+from workbench.text_metrics import WEDDING_WORDS
+
+LOVE_WORDS = ("love", "loving", "loved", "happy", "kind", "wonderful", "friend")
+Log = Callable[[str], None]
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of every stage; :meth:`quick` shrinks them for tests."""
+
+    n_general: int = 80
+    n_contrast: int = 20
+    capture_max_tokens: int = 48
+    pca_k: int = 6
+    sae_latents: int = 64
+    sae_steps: int = 100
+    probe_prompts: int = 3
+    probe_texts: int = 3
+    coeffs: list[float] = field(default_factory=lambda: [0, 2, 4, 8, 16, 32])
+    n_prompts: int = 3
+    n_samples: int = 2
+    max_new_tokens: int = 10
+    n_sentences: int = 6
+    n_neutral: int = 6
+    compose_coeffs: tuple[float, float] = (5.0, 4.0)
+
+    @classmethod
+    def quick(cls) -> DemoSettings:
+        return cls(
+            n_general=12, n_contrast=4, capture_max_tokens=24, pca_k=3, sae_latents=16,
+            sae_steps=20, probe_prompts=2, probe_texts=2, coeffs=[0, 2, 64], n_prompts=2,
+            n_samples=1, max_new_tokens=4, n_sentences=3, n_neutral=3,
+        )  # fmt: skip
+
+
+class _Stages:
+    """Prints each stage with its timing and keeps ``[{stage, seconds, summary}]``."""
+
+    def __init__(self, log: Log, total: int) -> None:
+        self.log, self.total, self.rows = log, total, []  # type: ignore[var-annotated]
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[dict[str, Any]]:
+        n = len(self.rows) + 1
+        self.log(f"[{n}/{self.total}] {name} ...")
+        row: dict[str, Any] = {"stage": name, "summary": ""}
+        t0, c0 = time.perf_counter(), time.process_time()
+        yield row
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        # CPU seconds (all threads): what the stage costs whatever else the machine is doing.
+        row["cpu_seconds"] = round(time.process_time() - c0, 2)
+        self.rows.append(row)
+        elapsed = time.perf_counter() - self.start
+        self.log(
+            f"      {row['summary']} ({row['seconds']:.1f}s, cpu {row['cpu_seconds']:.0f}s; "
+            f"{elapsed:.0f}s so far)"
+        )
+
+
+def _layers(model: Model) -> tuple[int, int]:
+    """Steering (and dictionary) layer, ActAdd's 6 of 48 ~ a fifth; second compose layer."""
+    n = model.n_layers
+    return max(1, n // 5), max(2, n // 2)
+
+
+def _fit_dictionaries(store: ActivationStore, layer: int, model: Model, s: DemoSettings) -> Any:
+    import dictionaries
+    from dictionaries import DictionaryInfo
+
+    info = DictionaryInfo(model=model.name, site=store.site, layer=layer)
+    X = store.load(layer).numpy()  # (rows, d_model)
+    pca = dictionaries.create("pca", n_components=s.pca_k).fit(X, info=info)
+    sae = dictionaries.create(
+        "sae", n_components=s.sae_latents, n_steps=s.sae_steps, batch_size=256
+    ).fit(X, info=info)
+    quality = {
+        "pca": dictionaries.reconstruction_quality(pca, X),
+        "sae": dictionaries.reconstruction_quality(sae, X),
+    }
+    for q in quality.values():
+        q.pop("dead_atom_indices", None)
+    return pca, sae, quality
+
+
+def _discover(
+    model: Model, pca: Any, store: ActivationStore, layer: int, s: DemoSettings, out: Path
+) -> tuple[list[dict[str, Any]], str]:
+    try:
+        from dictionaries.discover import ProbeSettings, discover
+    except ImportError:
+        return [], "discovery skipped: dictionaries.discover is not available in this build"
+    probe = ProbeSettings(
+        n_prompts=s.probe_prompts, n_damage=s.probe_texts, max_new_tokens=s.max_new_tokens // 2 or 1
+    )
+    found = discover(model, pca, store, layer=layer, settings=probe)
+    found.save(out)
+    keys = ("label", "score", "effect", "damage", "ppl_ratio", "completion", "vector_path")
+    top = [{"name": c.name, **{k: getattr(c, k) for k in keys}} for c in found.candidates[:5]]
+    return top, ""
+
+
+def run_demo(
+    model_name: str = DEFAULT_MODEL,
+    out: str | os.PathLike[str] = "runs/demo",
+    *,
+    quick: bool = False,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Run the whole pipeline; write ``out/demo.json`` and ``out/report.html``; return the JSON."""
+    s = DemoSettings.quick() if quick else DemoSettings()
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    st = _Stages(log, total=8)
+    notes: list[str] = []
+    data: dict[str, Any] = {"kind": "demo", "settings": asdict(s), "quick": quick}
+
+    with st.stage("load model") as row:
+        model = load_model(model_name)
+        steer_layer, layer2 = _layers(model)
+        dict_layer = steer_layer  # discovered candidates live where the sweep steers
+        data["model"] = model.name
+        row["summary"] = f"{model.name}: {model.n_layers} layers, d_model {model.d_model}"
+
+    with st.stage("capture a built-in corpus") as row:
+        texts = load_corpus("builtin:general", limit=s.n_general)
+        texts += load_corpus("builtin:loving", limit=s.n_contrast)
+        texts += load_corpus("builtin:hateful", limit=s.n_contrast)
+        res = capture(
+            model, texts, [dict_layer], site="resid_pre", positions="all",
+            max_tokens=s.capture_max_tokens, out=folder / "acts", overwrite=True,
+            progress_bar=False,
+        )  # fmt: skip
+        store = ActivationStore.open(folder / "acts")
+        row["summary"] = (
+            f"{res.docs} docs, {res.rows} rows at layer {dict_layer} ({res.tokens_per_s:.0f} tok/s)"
+        )
+
+    with st.stage("fit PCA and an SAE") as row:
+        pca, sae, quality = _fit_dictionaries(store, dict_layer, model, s)
+        pca.save(folder / "pca")
+        sae.save(folder / "sae")
+        data["dictionaries"] = quality
+        row["summary"] = (
+            f"PCA k={s.pca_k} explains {quality['pca']['fve']:.2f} of the variance; SAE "
+            f"{s.sae_latents} latents explains {quality['sae']['fve']:.2f} at L0 "
+            f"{quality['sae']['l0']:.1f}"
+        )
+
+    with st.stage("discover and rank candidates") as row:
+        cands, note = _discover(model, pca, store, dict_layer, s, folder / "discover")
+        data["candidates"] = cands
+        notes += [note] if note else []
+        row["summary"] = note or (
+            f"{2 * s.pca_k} signed PCA components ranked; best {cands[0]['label']!r} "
+            f"(score {cands[0]['score']:.3g})"
+        )
+
+    with st.stage("build a prompt-pair vector and its random control") as row:
+        wedding = from_prompts(model, " wedding", " ", [steer_layer])
+        love = from_prompts(model, "Love", "Hate", [steer_layer])
+        (folder / "vectors").mkdir(exist_ok=True)
+        wedding.save(folder / "vectors" / "wedding.safetensors")
+        random_like(wedding, 0).save(folder / "vectors" / "wedding_random.safetensors")
+        love.save(folder / "vectors" / "love_hate.safetensors")
+        row["summary"] = (
+            f"' wedding' - ' ' at layer {steer_layer}: norm {wedding.norm(steer_layer):.1f} vs "
+            f"residual norm {wedding.layer_norms[steer_layer]:.1f}"
+        )
+
+    with st.stage("sweep the wedding vector") as row:
+        neutral = load_corpus("builtin:neutral_prompts")
+        spec = MeasureSpec(
+            prompts=neutral[: s.n_prompts],
+            targets=[target_set(model, WEDDING_WORDS, "wedding")],
+            on_target=load_corpus("builtin:wedding", limit=s.n_sentences),
+            off_target=load_corpus("builtin:unrelated", limit=s.n_sentences),
+            neutral=neutral[: s.n_neutral],
+            n=s.n_samples,
+            sampling=actadd_sampling(s.max_new_tokens),
+        )
+        effect = default_effect(spec, "on_target")
+        sweep = run_sweep(
+            model, wedding, SweepConfig(s.coeffs, [steer_layer], attention_prompts=2), spec, effect,
+            out=folder / "sweep", overwrite=True, label="' wedding' - ' '",
+            log=lambda m: log("      " + m),
+        )  # fmt: skip
+        data["sweep"] = sweep
+        ov = sweep["overshoot"][0]
+        row["summary"] = f"onset {ov['onset']}, best {ov['best']}, breakdown {ov['breakdown']}"
+
+    with st.stage("compose two vectors at two layers") as row:
+        c_love, c_wed = s.compose_coeffs
+        items = [
+            ComposeItem(love, c_love, steer_layer, "'Love' - 'Hate'", target_set(model, LOVE_WORDS, "love")),
+            ComposeItem(wedding, c_wed, layer2, "' wedding' - ' '", target_set(model, WEDDING_WORDS, "wedding")),
+        ]  # fmt: skip
+        cspec = MeasureSpec(
+            prompts=["I hate you because", "I went up to my friend and said"] + neutral[1:3],
+            targets=[it.targets for it in items if it.targets is not None],
+            off_target=spec.off_target,
+            neutral=spec.neutral,
+        )
+        comp = run_compose(model, items, cspec)
+        data["compose"] = comp
+        row["summary"] = "retention " + ", ".join(
+            f"{v['label']} {r:.2f}" for v, r in zip(comp["vectors"], comp["retention"], strict=True)
+        )
+
+    with st.stage("write the report") as row:
+        data["findings"] = findings(data)
+        data["notes"] = notes + sweep.get("notes", []) + comp.get("notes", [])
+        data["stages"] = st.rows + [{"stage": "write the report", "seconds": 0.0}]
+        write_json(folder / "demo.json", data)
+        report = write_report(data, folder / "report.html")
+        data["files"] = {"json": str(folder / "demo.json"), "report": str(report)}
+        row["summary"] = f"report at {report}"
+    data["stages"] = st.rows
+    data["total_seconds"] = round(time.perf_counter() - st.start, 1)
+    data["total_cpu_seconds"] = round(time.process_time() - st.cpu_start, 1)
+    write_json(folder / "demo.json", data)
+    return data
+
+
+def findings(data: dict[str, Any]) -> list[str]:
+    """A few sentences summarising the demo's numbers."""
+    out = []
+    sw = data["sweep"]
+    ov = sw["overshoot"][0]
+    rows = {r["coeff"]: r for r in sw["rows"] if r["layer"] == ov["layer"]}
+    ctl = sw["controls"]["by_layer"][0]
+    ref = rows[ctl["coeff"]]
+    out.append(
+        f"The wedding vector at layer {ov['layer']}: onset {ov['onset']}, best {ov['best']}, "
+        f"breakdown {ov['breakdown']} ({ov['diagnostics']['why']})."
+    )
+    out.append(
+        f"At coefficient {ctl['coeff']:g} ({ref['coeff_norm_units']:.2f}x the residual norm) the "
+        f"perplexity ratio is {ref.get('on_target_ratio', float('nan')):.3f} on wedding "
+        f"sentences and {ref.get('off_target_ratio', float('nan')):.3f} on unrelated ones."
+    )
+    rnd, inj = ctl["random"]["measures"], (ctl.get("injection") or {}).get("measures", {})
+    parts = [f"random vector {rnd['on_target_ratio']['value']:.3f}"]
+    if inj:
+        parts.append(f"' wedding' put in front {inj['on_target_ratio']['value']:.3f}")
+    out.append("Controls, wedding-sentence perplexity ratio: " + ", ".join(parts) + ".")
+    comp = data.get("compose")
+    if comp:
+        out.append(
+            "Composition: retention "
+            + ", ".join(
+                f"{v['label']} {r:.2f}"
+                for v, r in zip(comp["vectors"], comp["retention"], strict=True)
+            )
+            + "; damage of both together: off-target ppl ratio "
+            + f"{comp['damage']['combined'].get('off_target_ratio', {}).get('value', float('nan')):.3f}."
+        )
+    cands = data.get("candidates") or []
+    if cands:
+        out.append(
+            f"Top discovered candidate: {cands[0]['label']} (score {cands[0]['score']:.3g})."
+        )
+    return out
