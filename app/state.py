@@ -58,6 +58,15 @@ def workdir() -> Path:
     return Path(os.environ.get(ENV_DIR) or "runs/app").expanduser()
 
 
+def stores() -> list[Path]:
+    """Activation stores under the work folder, newest first."""
+    from workbench.store import is_store
+
+    folder = workdir() / "stores"
+    found = [p for p in folder.iterdir() if is_store(p)] if folder.is_dir() else []
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def slug(text: str) -> str:
     """A file-name-safe short form of ``text`` (for default output folders)."""
     tail = Path(text).name or text

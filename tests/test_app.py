@@ -4,11 +4,13 @@ button shows what the library returns for the same inputs, and bad input is a re
 from __future__ import annotations
 
 import argparse
+import base64
 import html
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -61,6 +63,13 @@ def _open(at: AppTest, page: str) -> AppTest:
     at.switch_page(PAGES[page]).run()
     _ok(at)
     return at
+
+
+def _array(values: list[float] | dict[str, str]) -> np.ndarray:
+    """A plotly array from chart JSON: a list, or plotly's base64 ``{"dtype", "bdata"}``."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"])
+    return np.asarray(values)
 
 
 def _boxes(at: AppTest, kind: str) -> list[str]:
@@ -150,6 +159,11 @@ def test_bad_inputs_show_readable_errors(at: AppTest) -> None:
     at.button(key="steer_go").click().run()
     assert any("vector file not found" in m for m in _errors(at))
 
+    _open(at, "data")
+    at.multiselect(key="data_layers").set_value([])
+    at.button(key="data_capture").click().run()
+    assert any("give at least one layer (0..3)" in m for m in _errors(at))
+
     _open(at, "overshoot")
     at.text_input(key="ov_coeffs").set_value("0, 2, lots")
     at.button(key="ov_go").click().run()
@@ -223,7 +237,13 @@ def test_compose_draws_retention_interference_and_cosine(at: AppTest) -> None:
     assert [v["layer"] for v in data["vectors"]] == [0, 2]
 
 
-def test_capture_decompose_and_send_a_candidate_to_steering(at: AppTest) -> None:
+def test_capture_decompose_and_send_a_candidate_to_steering(at: AppTest, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "".join(f"Document number {i} talks about topic {i % 3}.\n" for i in range(12))
+    )
+    at.radio(key="data_kind").set_value("File path").run()
+    at.text_input(key="data_path").set_value(str(corpus)).run()
     at.number_input(key="data_limit").set_value(10)
     at.number_input(key="data_tokens").set_value(16)
     at.button(key="data_capture").click().run()
@@ -231,6 +251,7 @@ def test_capture_decompose_and_send_a_candidate_to_steering(at: AppTest) -> None
     path = at.session_state["store_path"]
     store = ActivationStore.open(path)
     assert store.layers == [2] and store.manifest["n_docs"] == 10
+    assert store.docs()[3]["text"] == "Document number 3 talks about topic 0."
     assert any(f"Captured {store.n_rows:,} rows" in str(s.value) for s in at.success)
     assert at.get("progress"), "capture shows a progress bar"
 
@@ -241,6 +262,15 @@ def test_capture_decompose_and_send_a_candidate_to_steering(at: AppTest) -> None
     evr = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
     assert len(evr[0]["y"]) == 3 and evr[1]["y"][-1] == pytest.approx(sum(evr[0]["y"]))
     assert sum("Component" in str(m.value) for m in at.markdown) == 3  # one card each
+
+    at.selectbox(key="dec_umap_colour").set_value("component")
+    at.number_input(key="dec_umap_n").set_value(40)
+    at.button(key="dec_umap_go").click().run()
+    _ok(at)
+    specs = [json.loads(c.proto.spec)["data"][0] for c in at.get("plotly_chart")]
+    umap = next(d for d in specs if d["type"] == "scattergl")
+    assert len(_array(umap["x"])) == 40 == len(_array(umap["marker"]["color"]))
+    assert umap["marker"]["colorbar"]["title"]["text"] == "component 0"
 
     at.button(key="dec_rank").click().run()
     _ok(at)

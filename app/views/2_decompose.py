@@ -19,10 +19,14 @@ CANDIDATES = "decompose_candidates"  # session: the latest Discovery
 st.title("Decompose and discover")
 model = state.require_model()
 
-store_path = st.session_state.get(state.STORE_PATH)
-if not store_path:
+known = [str(p) for p in state.stores()]
+current = st.session_state.get(state.STORE_PATH)
+options = list(dict.fromkeys([current, *known] if current else known))
+if not options:
     st.info("No activation store yet: capture one on the **Model and data** page.")
     st.stop()
+store_path = st.selectbox("Activation store", options, key="dec_store")
+st.session_state[state.STORE_PATH] = store_path
 store = attempt(ActivationStore.open, store_path)
 if store is None:
     st.stop()

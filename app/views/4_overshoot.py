@@ -44,6 +44,7 @@ units = c2.radio("Units", UNITS, horizontal=True, key="ov_units")
 position = c3.selectbox("Position", ["default", *POSITIONS], key="ov_position")
 
 c1, c2, c3 = st.columns([2, 2, 1])
+preset("ov_effect", "sentiment")  # suits the default 'Love' - 'Hate' pair
 effect_kind = c1.selectbox(
     "Effect", EFFECT_KINDS, format_func=lambda k: EFFECT_NAMES.get(k, k), key="ov_effect"
 )

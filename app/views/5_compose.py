@@ -68,9 +68,9 @@ if len(rows) >= 2:
     if cos is not None:
         st.caption("Cosine similarity where vectors share a layer (blank: different layers)")
         st.dataframe(
-            {r["label"]: [None if v is None else round(v, 3) for v in col]
-             for r, col in zip(rows, cos, strict=True)},
-            key="cmp_cos_table",
+            [{"vector": a["label"], **{b["label"]: v for b, v in zip(rows, line, strict=True)}}
+             for a, line in zip(rows, cos, strict=True)],
+            hide_index=True, key="cmp_cos_table",
         )  # fmt: skip
 
 c1, c2, c3 = st.columns(3)
