@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from workbench.capture import DEFAULT_SHARD_ROWS, POSITIONS, capture
 from workbench.errors import WorkbenchError
 from workbench.hooks import SITE_KINDS
 from workbench.models import DEFAULT_MODEL, load_model
+from workbench.store_writer import check_destination
 
 NAME = "capture"
 HELP = "capture activations over a corpus into a store on disk"
@@ -64,6 +66,8 @@ def parse_layers(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     layers = parse_layers(args.layers)
+    # Read-only and cheap: refuse an existing store before spending seconds loading the model.
+    check_destination(Path(args.out).expanduser(), resume=args.resume, overwrite=args.overwrite)
     model = load_model(args.model)
     try:
         result = capture(
