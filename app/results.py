@@ -17,10 +17,12 @@ import dictionaries
 from app.measure_inputs import MeasureOptions, measure_spec
 from app.state import HASH_FUNCS, get_model
 from dictionaries import maps
-from dictionaries.base import Dictionary, DictionaryInfo
+from dictionaries.base import Dictionary
 from dictionaries.discover import Discovery, ProbeSettings, discover
 from dictionaries.inspect import ComponentReport, inspect_components
 from dictionaries.maps import Map2D
+from dictionaries.splice import evaluate_heldout, fit_from_store, heldout_docs, make_dictionary
+from workbench.commands.decompose import parse_params
 from workbench.compose import ComposeItem, run_compose
 from workbench.corpora import list_builtin
 from workbench.effects import Targets, default_effect, parse_words, target_set
@@ -137,22 +139,28 @@ def store_stamp(path: str) -> float:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def fit_dictionary(
-    store_path: str, stamp: float, layer: int, method: str, k: int, max_rows: int
+    store_path: str, stamp: float, layer: int, method: str, k: int, params: str
 ) -> Dictionary:
+    """``workbench decompose``'s fit: ``method`` with ``k`` components and ``params``
+    (``"key=value, ..."``) on the store's layer, its held-out documents left out."""
     del stamp  # cache key only
     store = ActivationStore.open(store_path)
     store.check_layer(layer)
-    n = min(max_rows, store.n_rows)
-    X = store.sample(layer, n) if n < store.n_rows else store.load(layer)  # (rows, d_model)
-    info = DictionaryInfo(model=str(store.manifest.get("model")), site=store.site, layer=layer)
-    return dictionaries.create(method, n_components=k).fit(X, info=info)
+    items = [p.strip() for p in params.split(",") if p.strip()]
+    dictionary = make_dictionary(method, k, parse_params(items))
+    return fit_from_store(dictionary, store, layer, exclude_docs=heldout_docs(store))
 
 
 @st.cache_data(show_spinner=False, max_entries=8, hash_funcs=_HASH)
-def quality(dictionary: Dictionary, store_path: str, stamp: float, layer: int) -> dict[str, Any]:
+def quality(
+    model_name: str, dictionary: Dictionary, store_path: str, stamp: float, layer: int
+) -> dict[str, Any]:
+    """``workbench decompose``'s report: held-out reconstruction and spliced next-token loss."""
     del stamp
     store = ActivationStore.open(store_path)
-    return dictionaries.reconstruction_quality(dictionary, store.load(layer))
+    return evaluate_heldout(
+        dictionary, store, layer, heldout_docs(store), model=get_model(model_name), n_texts=8
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs=_HASH)

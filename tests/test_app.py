@@ -15,6 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.widgets import UNEXPECTED
+from dictionaries.splice import evaluate_heldout, heldout_docs
 from workbench.commands import app as app_command
 from workbench.errors import WorkbenchError
 from workbench.generate import side_by_side
@@ -262,6 +263,11 @@ def test_capture_decompose_and_send_a_candidate_to_steering(at: AppTest, tmp_pat
     evr = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
     assert len(evr[0]["y"]) == 3 and evr[1]["y"][-1] == pytest.approx(sum(evr[0]["y"]))
     assert sum("Component" in str(m.value) for m in at.markdown) == 3  # one card each
+    # The quality shown is `workbench decompose`'s: held-out documents, spliced loss.
+    q = evaluate_heldout(at.session_state["dictionary"], store, 2, heldout_docs(store))
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Variance explained (held out)"] == f"{q['fve']:.1%}"
+    assert "…with the layer reconstructed" in shown
 
     at.selectbox(key="dec_umap_colour").set_value("component")
     at.number_input(key="dec_umap_n").set_value(40)

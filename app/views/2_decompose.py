@@ -7,12 +7,12 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
+import dictionaries
 from app import results, state
 from app.widgets import attempt, marked_context_html, token_chips
 from dictionaries.inspect import ComponentReport
 from workbench.store import ActivationStore
 
-METHODS = ("pca", "ica", "dictlearn", "sae")
 FITTED = "decompose_fitted"  # session: {"store", "layer", "method", "k"}
 CANDIDATES = "decompose_candidates"  # session: the latest Discovery
 
@@ -36,18 +36,23 @@ st.caption(
 )
 stamp = results.store_stamp(store_path)
 
-c1, c2, c3, c4 = st.columns(4)
+METHOD_PARAMS = {"sae": "n_steps=300, batch_size=256", "pretrained-sae": "folder="}
+c1, c2, c3, c4 = st.columns([1, 1, 1, 2])
 layer = c1.selectbox("Layer", store.layers, key="dec_layer")
-method = c2.selectbox("Method", METHODS, key="dec_method")
+methods = dictionaries.available()
+method = c2.selectbox("Method", methods, index=methods.index("pca"), key="dec_method")
 k = int(c3.number_input("Components (k)", 1, store.d_model, min(8, store.d_model), key="dec_k"))
-max_rows = int(c4.number_input("Rows to fit on", 16, 1_000_000, 20_000, step=1000, key="dec_rows"))
+params = c4.text_input(
+    "Hyperparameters", METHOD_PARAMS.get(method, ""), key=f"dec_params_{method}",
+    help="key=value, comma-separated (as `workbench decompose --param`), e.g. alpha=0.5",
+)  # fmt: skip
 
 if st.button("Fit", type="primary", key="dec_fit"):
-    with st.spinner(f"Fitting {method} with k={k}…"):
-        fitted = attempt(results.fit_dictionary, store_path, stamp, layer, method, k, max_rows)
+    with st.spinner(f"Fitting {method} with k={k} (10% of documents held out)…"):
+        fitted = attempt(results.fit_dictionary, store_path, stamp, layer, method, k, params)
     if fitted is not None:
         st.session_state[FITTED] = {"store": store_path, "layer": layer, "method": method, "k": k,
-                                    "rows": max_rows, "stamp": stamp}  # fmt: skip
+                                    "params": params, "stamp": stamp}  # fmt: skip
         st.session_state.pop(CANDIDATES, None)
 
 spec = st.session_state.get(FITTED)
@@ -55,7 +60,7 @@ if not spec or spec["store"] != store_path or spec["stamp"] != stamp:
     st.info("Choose a layer, a method and k, then **Fit**.")
     st.stop()
 dictionary = results.fit_dictionary(
-    spec["store"], spec["stamp"], spec["layer"], spec["method"], spec["k"], spec["rows"]
+    spec["store"], spec["stamp"], spec["layer"], spec["method"], spec["k"], spec["params"]
 )
 st.session_state[state.DICTIONARY] = dictionary
 layer = spec["layer"]
@@ -64,13 +69,21 @@ method_name = str(spec["method"])
 # --------------------------------------------------------------------------- quality, variance
 
 st.subheader(f"{method_name} at layer {layer}, k={dictionary.n_components_}")
-q = attempt(results.quality, dictionary, store_path, stamp, layer)
+with st.spinner("Measuring held-out reconstruction and spliced next-token loss…"):
+    q = attempt(results.quality, model.name, dictionary, store_path, stamp, layer)
 if q is not None:
     m = st.columns(4)
-    m[0].metric("Variance explained", "n/a" if q["fve"] is None else f"{q['fve']:.1%}")
+    m[0].metric("Variance explained (held out)", "n/a" if q["fve"] is None else f"{q['fve']:.1%}")
     m[1].metric("Reconstruction MSE", f"{q['mse']:.4g}")
     m[2].metric("Active codes per row (L0)", f"{q['l0']:.1f}")
     m[3].metric("Dead components", q["dead_atoms"])
+    if q.get("loss_clean") is not None:
+        m = st.columns(4)
+        m[0].metric("Next-token loss", f"{q['loss_clean']:.3f}")
+        m[1].metric("…with the layer reconstructed", f"{q['loss_spliced']:.3f}")
+        m[2].metric("…with the layer zeroed", f"{q['loss_zero']:.3f}")
+        if q.get("recovered") is not None:
+            m[3].metric("Loss recovered", f"{q['recovered']:.1%}")
 evr = getattr(dictionary, "explained_variance_ratio_", None)
 if evr is not None:
     fig = go.Figure()
