@@ -170,6 +170,14 @@ def test_bad_inputs_show_readable_errors(at: AppTest) -> None:
     at.button(key="ov_go").click().run()
     assert any("'lots' is not a number" in m for m in _errors(at))
 
+    _open(at, "data")
+    at.text_input(key="model_typed").set_value("/no/such/model").run()
+    at.button(key="model_use").click().run()
+    assert any("model path not found: /no/such/model" in m for m in _errors(at))
+    at.text_input(key="model_typed").set_value("").run()  # back to the listed model
+    at.button(key="model_use").click().run()
+    _ok(at)
+
 
 def test_saved_vector_is_applied_at_its_own_layer(
     at: AppTest, tiny_model: Model, tmp_path: Path
