@@ -18,12 +18,13 @@ Each component ``i`` gives two candidates, ``+c_i`` and ``-c_i`` (unit direction
 - ``completion``: a greedy continuation of the first probe prompt at ``completion_scale``.
 
 Batching: rows are (candidate, text) pairs, unsteered rows included, run ``batch_size`` rows per
-forward pass; one hook (:func:`row_steering`) adds row ``r``'s own vector, which the plan
-machinery does not do (a plan gives every row the same vectors).
+forward pass; one hook (:func:`row_steering`) adds row ``r``'s own vector. (A steering plan
+gives every row the same vectors, only the coefficients may differ per row, so one plan per
+candidate would need one forward pass per candidate.)
 
-:func:`fit_from_store` fits any registered method on a store's layer (streaming for PCA), and
-:func:`run_discovery` is the whole pipeline behind ``workbench discover``: capture (or reuse a
-store), fit, probe, rank, and write the output folder atomically.
+Fitting a dictionary on a store is :func:`dictionaries.splice.fit_from_store`; the whole
+pipeline behind ``workbench discover`` (capture or reuse a store, fit, probe, rank, write the
+output folder atomically) is :func:`workbench.commands.discover.run_discovery`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from workbench.errors import check
 from workbench.forward import encode_inputs, steered_logits
 from workbench.generate import generate_rows
 from workbench.hooks import Site, hooks_applied
+from workbench.io import write_json
 from workbench.metrics import next_token_kl, token_logprobs
 from workbench.models import Model
 from workbench.sampling import Sampling
@@ -71,7 +73,7 @@ class ProbeSettings:
     n_prompts: int = 8
     damage_texts: str = "builtin:general"
     n_damage: int = 8
-    damage_max_tokens: int = 48
+    damage_max_tokens: int = 32
     max_new_tokens: int = 12
     n_top_tokens: int = 5
     eps: float = 0.01
@@ -175,10 +177,7 @@ class Discovery:
             vec = dataclasses.replace(c.vector, info=info)
             vec.save(folder / "candidates" / f"{c.name}.safetensors")
             c.vector_path = str(where / "candidates" / f"{c.name}.safetensors")
-        import json
-
-        text = json.dumps(self.to_json(), indent=2, default=str) + "\n"
-        (folder / "discover.json").write_text(text, encoding="utf-8")
+        write_json(folder / "discover.json", self.to_json())
 
 
 DEFINITIONS = {

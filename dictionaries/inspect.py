@@ -320,11 +320,11 @@ def _scores(model: Model, logits: torch.Tensor, ids: torch.Tensor) -> list[Token
 
 def _flat_vector(v: Any, layer: int | None) -> np.ndarray:
     if isinstance(v, SteeringVector):
-        check(
-            layer is None or layer in v.directions or len(v.directions) == 1,
-            f"vector has no layer {layer}; it has layers {v.layers}",
-        )
-        t = v.directions.get(layer, next(iter(v.directions.values())))  # type: ignore[arg-type]
+        if layer is not None and layer in v.directions:
+            t = v.directions[layer]
+        else:
+            check(len(v.directions) == 1, f"vector has no layer {layer}; it has {v.layers}")
+            t = next(iter(v.directions.values()))
         t = t.mean(0) if (t.dim() == 2 and v.site != "z") else t  # aligned: its mean row
         return t.reshape(-1).double().numpy()
     return np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, np.float64).ravel()

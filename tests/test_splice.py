@@ -149,6 +149,6 @@ def test_real_model_full_rank_splice_is_clean_and_zero_ablation_hurts(
     assert X.shape[0] > default_model.d_model
     info = DictionaryInfo(model=default_model.name, site="resid_post", layer=3)
     pca = dictionaries.PCA(n_components=default_model.d_model).fit(X, info=info)
-    q = spliced_loss(pca, default_model, texts[-3:], max_tokens=24)
+    q = spliced_loss(pca, default_model, texts[-2:], max_tokens=16)
     assert abs(q.loss_spliced - q.loss_clean) < 1e-4
     assert q.loss_zero > q.loss_clean + 2.0

@@ -1,0 +1,319 @@
+"""Benchmark the dictionaries (a script, not a test).
+
+1. Streaming PCA over synthetic ``N x 576`` float16 stores written with the store writer (planted
+   rank-32 structure plus noise), each fitted in a fresh process: rows/s and peak RSS growth
+   above the process's size before the fit. Target: memory flat as N grows (it holds one shard
+   plus one ``576 x 576`` float64 matrix, whatever N).
+2. SAE training: ``SparseAutoencoder.fit`` against SAELens's own loop (``SAETrainer.fit`` with
+   the same SAE config, trainer config and activations, ``normalize_activations="none"`` on both
+   so neither spends batches on a norm estimate): rows/s and their ratio. Target: >= 0.9x.
+3. Four dictionaries (pca, ica, dictlearn, sae) fitted from one capture of the default model,
+   against capturing again for each: wall time ratio.
+
+Usage: ``python benchmarks/bench_dictionaries.py [--pca-rows 250000,1000000]
+[--sae-rows 200000] [--sae-width 1024] [--only pca,sae,four]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+WIDTH = 576
+
+
+# --------------------------------------------------------------------------- 1. streaming PCA
+
+
+def write_store(path: Path, n_rows: int, width: int = WIDTH, shard_rows: int = 16384) -> Path:
+    """A float16 store of ``n_rows`` synthetic rows (rank-32 signal + noise) at layer 0."""
+    from workbench.store import FORMAT, VERSION
+    from workbench.store_writer import RowBatch, StoreWriter
+
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": "synthetic",
+        "model_info": {},
+        "site": "resid_post",
+        "layers": [0],
+        "positions": "all",
+        "dtype": "float16",
+        "width": width,
+        "row_shape": [width],
+        "bos": True,
+        "backend": "hf",
+        "batch_size": 1,
+        "shard_rows": shard_rows,
+        "max_tokens": None,
+        "n_docs": 1,
+        "corpus": {"source": "synthetic", "n_docs": 1},
+        "corpus_sha256": "",
+        "truncation": {"limit": 1, "n_truncated": 0, "action": "", "docs": []},
+    }
+    writer = StoreWriter.create(
+        path, manifest, [{"doc": 0, "text": "", "n_tokens": 1, "offsets": []}]
+    )
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(32, width, generator=g) * torch.linspace(8, 1, 32)[:, None]  # (32, d)
+    for start in range(0, n_rows, shard_rows):
+        n = min(shard_rows, n_rows - start)
+        X = torch.randn(n, 32, generator=g) @ basis + torch.randn(n, width, generator=g)  # (n, d)
+        zeros = torch.zeros(n, dtype=torch.long)
+        writer.add(
+            RowBatch(
+                acts={0: X.half()},
+                doc=zeros,
+                pos=zeros + 1,
+                token=zeros,
+                row_norm=X.norm(dim=1, keepdim=True).double(),
+                resid_sum=X.norm(dim=1, keepdim=True).double(),
+                resid_count=torch.ones(n, dtype=torch.long),
+            )
+        )
+    writer.finish()
+    return path
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pca_child(path: str) -> None:
+    """Fit streaming PCA on the store at ``path``; print one JSON line (run in a fresh process)."""
+    from dictionaries.splice import fit_from_store, make_dictionary
+    from workbench.store import ActivationStore
+
+    store = ActivationStore.open(path)
+    pca = make_dictionary("pca", 32)
+    before = _status_mib("VmRSS")
+    start = time.perf_counter()
+    fit_from_store(pca, store, 0)
+    seconds = time.perf_counter() - start
+    print(
+        json.dumps(
+            {
+                "rows": store.n_rows,
+                "seconds": seconds,
+                "rows_per_s": store.n_rows / seconds,
+                "rss_before_mib": before,
+                "peak_rss_mib": _status_mib("VmHWM"),
+                "growth_mib": _status_mib("VmHWM") - before,
+            }
+        )
+    )
+
+
+def pca_stream(sizes: list[int], tmp: Path) -> list[dict[str, Any]]:
+    out = []
+    for n in sizes:
+        path = tmp / f"store-{n}"
+        t = time.perf_counter()
+        write_store(path, n)
+        wrote = time.perf_counter() - t
+        res = subprocess.run(
+            [sys.executable, __file__, "--pca-child", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        row["write_seconds"] = wrote
+        row["store_mib"] = sum(p.stat().st_size for p in path.iterdir()) / 2**20
+        print(
+            f"pca stream {n:>9,} rows: {row['rows_per_s']:>9,.0f} rows/s, peak RSS "
+            f"{row['peak_rss_mib']:.0f} MiB (+{row['growth_mib']:.0f} MiB during the fit), "
+            f"store {row['store_mib']:.0f} MiB",
+            flush=True,
+        )
+        shutil.rmtree(path)
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- 2. SAE training
+
+
+def sae_vs_saelens(n_rows: int, d_sae: int, batch: int) -> dict[str, Any]:
+    from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
+    from dictionaries import SparseAutoencoder
+
+    g = torch.Generator().manual_seed(1)
+    atoms = torch.nn.functional.normalize(torch.randn(4 * WIDTH, WIDTH, generator=g), dim=1)
+    codes = torch.rand(n_rows, 4 * WIDTH, generator=g) * (
+        torch.rand(n_rows, 4 * WIDTH, generator=g) < 0.01
+    )  # (n, atoms), ~1% active
+    X = (codes @ atoms + 0.01 * torch.randn(n_rows, WIDTH, generator=g)).contiguous()  # (n, d)
+    steps = n_rows // batch
+
+    ours = SparseAutoencoder(
+        n_components=d_sae,
+        n_steps=steps,
+        batch_size=batch,
+        normalize_activations="none",
+        random_state=0,
+    )
+    t = time.perf_counter()
+    ours.fit(X)
+    ours_s = time.perf_counter() - t
+
+    def provider() -> Any:
+        while True:
+            for start in range(0, n_rows - batch + 1, batch):
+                yield X[start : start + batch]
+
+    torch.manual_seed(0)
+    sae = StandardTrainingSAE(
+        StandardTrainingSAEConfig(
+            d_in=WIDTH,
+            d_sae=d_sae,
+            l1_coefficient=1.0,
+            dtype="float32",
+            device="cpu",
+            normalize_activations="none",
+        )
+    )
+    cfg = SAETrainerConfig(
+        total_training_samples=steps * batch,
+        train_batch_size_samples=batch,
+        lr=3e-4,
+        lr_end=3e-4,
+        lr_decay_steps=steps // 5,
+        device="cpu",
+        dead_feature_window=min(1000, max(10, steps // 10)),
+        feature_sampling_window=steps,
+    )
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=provider())
+    t = time.perf_counter()
+    trainer.fit()
+    theirs_s = time.perf_counter() - t
+    rows = steps * batch
+    res = {
+        "rows": rows,
+        "steps": steps,
+        "batch": batch,
+        "d_sae": d_sae,
+        "ours_rows_per_s": rows / ours_s,
+        "saelens_rows_per_s": rows / theirs_s,
+        "ratio": theirs_s / ours_s,
+    }
+    print(
+        f"sae {rows:,} rows ({steps} steps of {batch}), d_sae {d_sae}: ours "
+        f"{res['ours_rows_per_s']:,.0f} rows/s, SAELens SAETrainer.fit "
+        f"{res['saelens_rows_per_s']:,.0f} rows/s, ratio {res['ratio']:.2f}x",
+        flush=True,
+    )
+    return res
+
+
+# --------------------------------------------------------------------------- 3. four dictionaries
+
+FOUR: dict[str, dict[str, Any]] = {
+    "pca": {"n_components": 16},
+    "ica": {"n_components": 16, "max_iter": 200},
+    "dictlearn": {"n_components": 32, "max_iter": 2, "alpha": 1.0},
+    "sae": {"n_components": 512, "n_steps": 150, "batch_size": 512},
+}
+
+
+def four_dictionaries(n_docs: int, layer: int, max_tokens: int, tmp: Path) -> dict[str, Any]:
+    import dictionaries
+    from dictionaries.splice import fit_from_store
+    from workbench.capture import capture
+    from workbench.corpora import load_corpus
+    from workbench.models import load_model
+    from workbench.store import ActivationStore
+
+    model = load_model()
+    docs = load_corpus("builtin:general", limit=n_docs)
+
+    def grab(where: Path) -> tuple[ActivationStore, float]:
+        t = time.perf_counter()
+        capture(model, docs, [layer], max_tokens=max_tokens, out=where, progress_bar=False)
+        return ActivationStore.open(where), time.perf_counter() - t
+
+    def fit(store: ActivationStore, method: str) -> float:
+        t = time.perf_counter()
+        fit_from_store(dictionaries.create(method, **FOUR[method]), store, layer)
+        return time.perf_counter() - t
+
+    grab(tmp / "warm-up")  # first-call costs (kernels, tokenizer) are no part of either way
+    start = time.perf_counter()
+    store, cap_once = grab(tmp / "shared")
+    fits = {m: fit(store, m) for m in FOUR}
+    shared = time.perf_counter() - start
+    start = time.perf_counter()
+    caps = []
+    for m in FOUR:
+        s, c = grab(tmp / f"own-{m}")
+        caps.append(c)
+        fit(s, m)
+    separate = time.perf_counter() - start
+    res = {
+        "tokens": int(store.manifest["tokens"]),
+        "layer": layer,
+        "capture_s": cap_once,
+        "fit_s": fits,
+        "shared_s": shared,
+        "separate_s": separate,
+        "separate_captures_s": caps,
+        "ratio": separate / shared,
+    }
+    print(
+        f"four dictionaries on {res['tokens']:,} tokens at layer {layer}: one capture "
+        f"{shared:.1f}s, a capture each {separate:.1f}s, ratio {res['ratio']:.2f}x "
+        f"(capture {cap_once:.1f}s; fits "
+        + ", ".join(f"{m} {s:.1f}s" for m, s in fits.items())
+        + ")",
+        flush=True,
+    )
+    return res
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pca-rows", default="250000,1000000")
+    parser.add_argument("--sae-rows", type=int, default=200_000)
+    parser.add_argument("--sae-width", type=int, default=1024, help="d_sae")
+    parser.add_argument("--sae-batch", type=int, default=4096)
+    parser.add_argument("--four-docs", type=int, default=200)
+    parser.add_argument("--four-max-tokens", type=int, default=32)
+    parser.add_argument("--only", default="pca,sae,four")
+    parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--pca-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.pca_child:
+        pca_child(args.pca_child)
+        return
+    only = set(args.only.split(","))
+    results: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory(prefix="bench-dict-") as tmp:
+        if "pca" in only:
+            sizes = [int(x) for x in args.pca_rows.split(",")]
+            results["pca_stream"] = pca_stream(sizes, Path(tmp))
+        if "sae" in only:
+            results["sae"] = sae_vs_saelens(args.sae_rows, args.sae_width, args.sae_batch)
+        if "four" in only:
+            results["four"] = four_dictionaries(args.four_docs, 8, args.four_max_tokens, Path(tmp))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, default=lambda x: float(np.asarray(x))))
+
+
+if __name__ == "__main__":
+    main()
