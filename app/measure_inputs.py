@@ -2,25 +2,26 @@
 
 :func:`measure_inputs` draws the fields and returns a :class:`MeasureOptions` (plain values, so
 results can be cached by them); :func:`measure_spec` turns it into the library's
-:class:`~workbench.effects.MeasureSpec` with the same library calls ``workbench sweep`` and
-``workbench compose`` make for their ``--prompts/--off-target/--n ...`` options.
+:class:`~workbench.effects.MeasureSpec` through the very function ``workbench sweep`` and
+``workbench compose`` use for their ``--prompts/--off-target/--n ...`` options.
 """
 
 from __future__ import annotations
 
+import argparse
 from typing import NamedTuple
 
 import streamlit as st
 
+from workbench.commands._measure_args import build_spec
 from workbench.effects import (
     DEFAULT_NEUTRAL,
     DEFAULT_OFF_TARGET,
     DEFAULT_PROMPTS,
     MeasureSpec,
     Targets,
-    actadd_sampling,
-    load_texts,
 )
+from workbench.sampling import ACTADD
 
 
 class MeasureOptions(NamedTuple):
@@ -72,20 +73,22 @@ def measure_inputs(key: str, *, on_target: bool = False) -> MeasureOptions:
 def measure_spec(
     opts: MeasureOptions, targets: list[Targets], *, sentiment: bool = False
 ) -> MeasureSpec:
-    """The library's :class:`MeasureSpec` for ``opts`` (as the CLI builds it from its options)."""
-    need_prompts = opts.n > 0 or bool(targets)
-    return MeasureSpec(
-        prompts=load_texts(opts.prompts, "prompts", opts.n_prompts) if need_prompts else [],
-        targets=targets,
-        sentiment=sentiment,
-        on_target=load_texts(opts.on_target, "on-target text", opts.n_sentences)
-        if opts.on_target.strip()
-        else [],
-        off_target=load_texts(opts.off_target, "off-target text", opts.n_sentences)
-        if opts.off_target.strip()
-        else [],
-        neutral=load_texts(opts.neutral, "neutral prompts", opts.n_neutral),
+    """The library's :class:`MeasureSpec` for ``opts``, built by the same function that builds
+    it from ``workbench sweep``/``compose``'s ``--prompts/--off-target/--n ...`` options."""
+    args = argparse.Namespace(
+        prompts=opts.prompts,
+        n_prompts=opts.n_prompts,
+        on_target=opts.on_target.strip() or None,
+        off_target=opts.off_target.strip() or None,
+        n_sentences=opts.n_sentences,
+        neutral=opts.neutral,
+        n_neutral=opts.n_neutral,
         n=opts.n,
-        sampling=actadd_sampling(opts.max_new_tokens, opts.seed),
-        boot_seed=opts.seed,
+        max_new_tokens=opts.max_new_tokens,
+        seed=opts.seed,
+        temperature=ACTADD["temperature"],
+        top_p=ACTADD["top_p"],
+        freq_penalty=ACTADD["freq_penalty"],
+        batch_size=32,
     )
+    return build_spec(args, targets, sentiment=sentiment)
