@@ -171,6 +171,7 @@ def component_reports(
     stamp: float,
     layer: int,
     indices: tuple[int, ...],
+    lens_rank: str = "cosine",
 ) -> list[ComponentReport]:
     del stamp
     store = ActivationStore.open(store_path)
@@ -184,6 +185,7 @@ def component_reports(
         window=6,
         bins=30,
         lens_k=8,
+        lens_rank=lens_rank,
     )
 
 

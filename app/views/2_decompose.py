@@ -10,7 +10,7 @@ import streamlit as st
 import dictionaries
 from app import results, state
 from app.widgets import attempt, marked_context_html, token_chips
-from dictionaries.inspect import ComponentReport
+from dictionaries.inspect import LENS_RANKS, ComponentReport
 from workbench.store import ActivationStore
 
 FITTED = "decompose_fitted"  # session: {"store", "layer", "method", "k"}
@@ -148,6 +148,11 @@ with st.expander("UMAP map of activations", expanded=False):
 # --------------------------------------------------------------------------- component cards
 
 st.subheader("Components")
+lens_rank = st.radio(
+    "Logit lens ranks tokens by", LENS_RANKS, index=LENS_RANKS.index("cosine"), horizontal=True,
+    key="dec_lens_rank",
+    help="cosine reads past the few tokens with very long unembeddings that top every logit list",
+)  # fmt: skip
 shown = st.multiselect(
     "Components to inspect", list(range(dictionary.n_components_)),
     default=list(range(min(4, dictionary.n_components_))), key="dec_cards",
@@ -201,7 +206,7 @@ if shown:
     with st.spinner("Reading top contexts, histograms and logit lens…"):
         reports = attempt(
             results.component_reports, model.name, dictionary, store_path, stamp, layer,
-            tuple(int(i) for i in shown),
+            tuple(int(i) for i in shown), lens_rank,
         )  # fmt: skip
     for report in reports or []:
         _card(report)
