@@ -9,7 +9,8 @@ measured three ways, with one site at one layer
 - ``mean``: replaced by a fixed mean activation (mean-ablation), a gentler reference.
 
 A good dictionary has ``loss_spliced`` close to ``loss_clean`` and far below ``loss_zero``;
-``recovered`` is ``(zero - spliced) / (zero - clean)`` (1 is perfect).
+``recovered`` is ``(zero - spliced) / (zero - clean)`` (1 is perfect; None when zero-ablation
+does not raise the loss, as in a random model, where the fraction means nothing).
 
 Which positions are replaced: every real token except BOS. Activation stores never hold BOS
 (its activation is the same for every text and often far larger than the others), so a
@@ -172,7 +173,7 @@ def spliced_loss(
         loss_spliced=spliced,
         loss_zero=zero,
         loss_mean=loss_mean,
-        recovered=(zero - spliced) / gap if abs(gap) > 1e-12 else None,
+        recovered=(zero - spliced) / gap if gap > 1e-12 else None,
         n_texts=len(docs),
         n_tokens=scored,
         site=site,

@@ -152,3 +152,4 @@ def test_real_model_full_rank_splice_is_clean_and_zero_ablation_hurts(
     q = spliced_loss(pca, default_model, texts[-2:], max_tokens=16)
     assert abs(q.loss_spliced - q.loss_clean) < 1e-4
     assert q.loss_zero > q.loss_clean + 2.0
+    assert q.recovered == pytest.approx(1.0, abs=1e-4)
