@@ -11,7 +11,8 @@ makes the same number of tokens, at batch 1 and batch 8:
 
 Targets: steered >= 0.9x hf generate's tokens/s, steered time <= 1.05x unsteered time on our
 path. Also 8 coefficients batched in one call against 8 separate calls. Timings are medians of
-``--repeats`` runs, interleaved so that load from other processes hits every method alike.
+``--repeats`` runs, interleaved so that load from other processes hits every method alike, by
+wall clock and by this process's CPU time (steadier on a shared machine, with ``--threads 1``).
 
     python benchmarks/bench_steer.py [--model smollm2-135m] [--tokens 64] [--repeats 3]
 """
@@ -87,20 +88,27 @@ def _ours(model: Model, batch: int, tokens: int, plan: SteeringPlan | None) -> C
     return run
 
 
-def _time(fn: Callable[[], None]) -> float:
-    t = time.perf_counter()
+def _time(fn: Callable[[], None]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _measure(methods: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+def _measure(
+    methods: dict[str, Callable[[], None]], repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall and CPU seconds per method."""
     for fn in methods.values():  # warm-up: allocator, kernels, lazy imports
         fn()
-    times: dict[str, list[float]] = {name: [] for name in methods}
+    walls: dict[str, list[float]] = {name: [] for name in methods}
+    cpus: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeats):
         for name, fn in methods.items():
-            times[name].append(_time(fn))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            wall, cpu = _time(fn)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    med = statistics.median
+    return {k: med(v) for k, v in walls.items()}, {k: med(v) for k, v in cpus.items()}
 
 
 def main() -> None:
@@ -110,7 +118,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layer", type=int, default=6)
     parser.add_argument("--skip-tl", action="store_true", help="skip the slow TL reference")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 is steadier on a busy machine)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = load_model(args.model)
     plans = _plans(model, args.layer)
@@ -127,16 +140,21 @@ def main() -> None:
         }
         if not args.skip_tl:
             methods["tl generate"] = _tl_native(model, batch, args.tokens)
-        secs = _measure(methods, args.repeats)
-        print(f"\nbatch {batch}")
-        for name, s in secs.items():
-            print(f"  {name:<20} {batch * args.tokens / s:8.1f} tokens/s  ({s:.2f} s)")
-        for kind in ("front", "all"):
-            steered = secs[f"ours steered {kind}"]
+        walls, cpus = _measure(methods, args.repeats)
+        print(f"\nbatch {batch}: tokens/s by wall clock and per CPU-second")
+        for name in methods:
+            tokens = batch * args.tokens
             print(
-                f"  steered {kind:<5}: {secs['hf generate'] / steered:.2f}x hf generate's speed "
-                f"(target >= 0.9), {steered / secs['ours unsteered']:.3f}x unsteered cost "
-                "(target <= 1.05)"
+                f"  {name:<20} {tokens / walls[name]:7.1f} tokens/s ({walls[name]:6.2f} s)   "
+                f"{tokens / cpus[name]:7.1f} tokens/CPU-s ({cpus[name]:6.2f} CPU-s)"
+            )
+        for kind in ("front", "all"):
+            name = f"ours steered {kind}"
+            print(
+                f"  steered {kind:<5}: speed vs hf generate {walls['hf generate'] / walls[name]:.2f}x "
+                f"wall, {cpus['hf generate'] / cpus[name]:.2f}x CPU (target >= 0.9); cost vs "
+                f"unsteered {walls[name] / walls['ours unsteered']:.3f}x wall, "
+                f"{cpus[name] / cpus['ours unsteered']:.3f}x CPU (target <= 1.05)"
             )
 
     coeffs = [float(c) for c in range(-4, 4)]
@@ -155,10 +173,12 @@ def main() -> None:
                 stop_at_eos=False,
             )  # fmt: skip
 
-    secs = _measure({"batched": batched, "separate": separate}, max(1, args.repeats - 1))
+    walls, cpus = _measure({"batched": batched, "separate": separate}, max(1, args.repeats - 1))
     print(
-        f"\n8 coefficients: batched {secs['batched']:.2f} s, separate {secs['separate']:.2f} s, "
-        f"batched is {secs['separate'] / secs['batched']:.2f}x faster"
+        f"\n8 coefficients x {args.tokens} tokens: batched {walls['batched']:.2f} s "
+        f"({cpus['batched']:.2f} CPU-s), separate {walls['separate']:.2f} s "
+        f"({cpus['separate']:.2f} CPU-s): batched is {walls['separate'] / walls['batched']:.2f}x "
+        f"faster by wall clock, {cpus['separate'] / cpus['batched']:.2f}x by CPU time"
     )
 
 
