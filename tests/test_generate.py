@@ -11,7 +11,7 @@ from workbench.generate import generate, generate_rows, generate_with_coefficien
 from workbench.hooks import Site, recording
 from workbench.models import Model
 from workbench.plan import PlanEntry, SteeringPlan
-from workbench.sampling import FrequencyPenalty, Sampling, processors, row_seed
+from workbench.sampling import Sampling
 from workbench.vectors import SteeringVector
 
 PROMPTS = ["Hello world, I love you", "The fox"]
@@ -118,36 +118,6 @@ def test_coefficient_batch_equals_separate_generations(tiny_model: Model) -> Non
         alone = generate_with_coefficients(tiny_model, "I love", entry, [c], n=2, max_new_tokens=6)
         assert alone[0] == texts
     assert batched[0] != batched[2]
-
-
-def _no_ids(rows: int) -> Any:
-    return torch.zeros(rows, 0, dtype=torch.long)  # no tokens generated yet
-
-
-def test_gumbel_sampling_follows_the_softmax_and_top_p() -> None:
-    logits = torch.tensor([0.0, 1.0, 2.0, 3.0]).expand(4000, 4)  # (rows, vocab)
-    probs = torch.softmax(logits[0], -1)
-    chain = processors(Sampling(top_p=1.0), 0, [row_seed(0, k) for k in range(4000)])
-    picks = chain(_no_ids(4000), logits.clone()).argmax(-1)
-    freq = torch.bincount(picks, minlength=4).float() / 4000
-    assert (freq - probs).abs().max() < 0.03
-    nucleus = processors(Sampling(top_p=0.7), 0, [row_seed(0, k) for k in range(4000)])
-    picks = nucleus(_no_ids(4000), logits.clone()).argmax(-1)
-    kept = probs[2:] / probs[2:].sum()  # top-p 0.7 keeps the two likeliest tokens
-    freq = torch.bincount(picks, minlength=4).float() / 4000
-    assert freq[:2].sum() == 0 and (freq[2:] - kept).abs().max() < 0.03
-
-
-def test_frequency_penalty_counts_generated_tokens_only() -> None:
-    pen = FrequencyPenalty(0.5, prompt_width=2)
-    scores = torch.zeros(1, 8)
-    assert torch.equal(pen(torch.tensor([[5, 5]]), scores), scores)  # prompt only: no penalty
-    out = pen(torch.tensor([[5, 5, 3]]), scores)
-    out = pen(torch.tensor([[5, 5, 3, 3]]), scores)
-    out = pen(torch.tensor([[5, 5, 3, 3, 6]]), scores)
-    expected = torch.zeros(1, 8)
-    expected[0, 3], expected[0, 6] = -1.0, -0.5
-    assert torch.equal(out, expected)
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,31 @@ class FrequencyPenalty(LogitsProcessor):
         return scores - self.penalty * self._counts
 
 
+class TopP(LogitsProcessor):
+    """Nucleus filter, as transformers' ``TopPLogitsWarper`` but without a full sort per step.
+
+    A token is kept when the probability of the tokens more likely than it is below ``top_p``.
+    The nucleus is looked for among the ``k`` likeliest tokens first (a top-k is ~60x cheaper
+    than sorting a 49k vocabulary); rows whose nucleus is larger fall back to the full sort.
+    """
+
+    def __init__(self, top_p: float, k: int = 256) -> None:
+        self.top_p = top_p
+        self.k = k
+        self._full = TopPLogitsWarper(top_p, min_tokens_to_keep=1)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        k = min(self.k, scores.shape[-1])
+        probs = torch.softmax(scores.float(), dim=-1)  # (batch, vocab)
+        top, idx = probs.topk(k, dim=-1)  # (batch, k), descending
+        above = top.cumsum(-1) - top  # (batch, k) mass of the more likely tokens
+        if not bool((above[:, -1] + top[:, -1] >= self.top_p).all()):
+            return self._full(input_ids, scores)  # type: ignore[no-any-return]
+        keep = above < self.top_p  # (batch, k); the likeliest token is always kept
+        mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, idx, keep)
+        return scores.masked_fill(~mask, float("-inf"))
+
+
 class GumbelNoise(LogitsProcessor):
     """Add per-row Gumbel noise so that the argmax is a sample (see module docstring)."""
 
@@ -125,6 +150,6 @@ def processors(settings: Sampling, prompt_width: int, seeds: Sequence[int]) -> L
     if settings.temperature != 1:
         chain.append(TemperatureLogitsWarper(settings.temperature))
     if settings.top_p < 1:
-        chain.append(TopPLogitsWarper(settings.top_p, min_tokens_to_keep=1))
+        chain.append(TopP(settings.top_p))
     chain.append(GumbelNoise(seeds))
     return chain
