@@ -92,6 +92,16 @@ def test_left_padded_batch_matches_each_prompt_alone(tiny_model: Model) -> None:
         assert _new(alone)[0] == _new(both)[i]
 
 
+def test_sampled_rows_do_not_depend_on_how_they_are_batched(tiny_model: Model) -> None:
+    plan = SteeringPlan.of(_vec(tiny_model, 1, (64,)), [0.0, 1.0, 2.0, 3.0])
+    kw: dict[str, Any] = {"n": 2, "max_new_tokens": 6, "top_p": 0.8, "seed": 5}
+    whole = generate(tiny_model, PROMPTS, plan, **kw)
+    chunked = generate(tiny_model, PROMPTS, plan, batch_size=1, **kw)
+    assert whole.texts == chunked.texts
+    assert whole.sample_of_row == [0, 1, 0, 1] and whole.prompt_of_row == [0, 0, 1, 1]
+    assert len(set(whole.texts)) > 1
+
+
 def test_side_by_side_is_reproducible_and_steers(tiny_model: Model) -> None:
     plan = SteeringPlan.of(_vec(tiny_model, 1, (64,)), 8.0)
     kw: dict[str, Any] = {"n": 3, "max_new_tokens": 8}

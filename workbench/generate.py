@@ -87,6 +87,10 @@ def generate_rows(
     n_rows = len(prompt_of_row)
     check(n_rows == len(sample_of_row), "prompt_of_row and sample_of_row differ in length")
     check(n_rows > 0, "nothing to generate: no rows")
+    check(
+        all(0 <= p < len(prompts) for p in prompt_of_row),
+        f"prompt_of_row names prompts outside 0..{len(prompts) - 1}",
+    )
     if plan is not None and plan.rows is not None and plan.rows != n_rows:
         raise WorkbenchError(
             f"the plan has {plan.rows} coefficients per entry but {n_rows} rows are generated; "
@@ -102,7 +106,7 @@ def generate_rows(
             f"the context of {model.n_ctx}; shorten the prompt or --max-new-tokens"
         )
     width = ids.shape[1]
-    step = batch_size or n_rows
+    step = n_rows if batch_size is None else batch_size
     check(step >= 1, f"batch size must be at least 1, got {batch_size}")
     chunks: list[torch.Tensor] = []
     notes: list[str] = []
