@@ -41,25 +41,26 @@ class DemoSettings:
     n_general: int = 80
     n_contrast: int = 20
     capture_max_tokens: int = 48
-    pca_k: int = 6
+    pca_k: int = 4
     sae_latents: int = 64
-    sae_steps: int = 100
+    sae_steps: int = 200
     probe_prompts: int = 3
-    probe_texts: int = 3
-    coeffs: list[float] = field(default_factory=lambda: [0, 2, 4, 8, 16, 32])
-    n_prompts: int = 3
-    n_samples: int = 2
+    probe_texts: int = 2
+    coeffs: list[float] = field(default_factory=lambda: [0, 2, 8, 16, 32])
+    n_prompts: int = 4
+    n_samples: int = 1
     max_new_tokens: int = 10
-    n_sentences: int = 6
-    n_neutral: int = 6
-    compose_coeffs: tuple[float, float] = (5.0, 4.0)
+    n_sentences: int = 5
+    n_neutral: int = 5
+    n_compose_texts: int = 4
+    compose_coeffs: tuple[float, float] = (4.0, 4.0)
 
     @classmethod
     def quick(cls) -> DemoSettings:
         return cls(
             n_general=12, n_contrast=4, capture_max_tokens=24, pca_k=3, sae_latents=16,
             sae_steps=20, probe_prompts=2, probe_texts=2, coeffs=[0, 2, 64], n_prompts=2,
-            n_samples=1, max_new_tokens=4, n_sentences=3, n_neutral=3,
+            n_samples=1, max_new_tokens=4, n_sentences=3, n_neutral=3, n_compose_texts=2,
         )  # fmt: skip
 
 
@@ -89,9 +90,11 @@ class _Stages:
 
 
 def _layers(model: Model) -> tuple[int, int]:
-    """Steering (and dictionary) layer, ActAdd's 6 of 48 ~ a fifth; second compose layer."""
-    n = model.n_layers
-    return max(1, n // 5), max(2, n // 2)
+    """The steering (and dictionary) layer, a fifth of the depth as ActAdd's 6 of 48, and an
+    earlier one for the second vector of the composition (on the default model the wedding
+    vector raises wedding words at layers 3 and 6, not past the middle)."""
+    steer = max(1, model.n_layers // 5)
+    return steer, steer // 2 if steer >= 2 else steer + 1
 
 
 def _fit_dictionaries(store: ActivationStore, layer: int, model: Model, s: DemoSettings) -> Any:
@@ -100,9 +103,11 @@ def _fit_dictionaries(store: ActivationStore, layer: int, model: Model, s: DemoS
 
     info = DictionaryInfo(model=model.name, site=store.site, layer=layer)
     X = store.load(layer).numpy()  # (rows, d_model)
-    pca = dictionaries.create("pca", n_components=s.pca_k).fit(X, info=info)
+    # Streaming PCA (covariance + a d_model x d_model eigendecomposition) scales to any store.
+    batches = (b.numpy() for b in store.iter_batches(layer, 4096))
+    pca = dictionaries.PCA(n_components=s.pca_k).fit_stream(batches, info=info)
     sae = dictionaries.create(
-        "sae", n_components=s.sae_latents, n_steps=s.sae_steps, batch_size=256
+        "sae", n_components=s.sae_latents, n_steps=s.sae_steps, batch_size=256, lr=3e-3
     ).fit(X, info=info)
     quality = {
         "pca": dictionaries.reconstruction_quality(pca, X),
@@ -187,11 +192,14 @@ def run_demo(
         )
 
     with st.stage("build a prompt-pair vector and its random control") as row:
-        wedding = from_prompts(model, " wedding", " ", [steer_layer])
+        # Both layers in one pass: the compose stage needs the vector at the second layer too.
+        wedding = from_prompts(model, " wedding", " ", [steer_layer, layer2])
         love = from_prompts(model, "Love", "Hate", [steer_layer])
         (folder / "vectors").mkdir(exist_ok=True)
         wedding.save(folder / "vectors" / "wedding.safetensors")
-        random_like(wedding, 0).save(folder / "vectors" / "wedding_random.safetensors")
+        random_like(wedding.at_layers([steer_layer]), 0).save(
+            folder / "vectors" / "wedding_random.safetensors"
+        )
         love.save(folder / "vectors" / "love_hate.safetensors")
         row["summary"] = (
             f"' wedding' - ' ' at layer {steer_layer}: norm {wedding.norm(steer_layer):.1f} vs "
@@ -208,6 +216,7 @@ def run_demo(
             neutral=neutral[: s.n_neutral],
             n=s.n_samples,
             sampling=actadd_sampling(s.max_new_tokens),
+            max_tokens=32,
         )
         effect = default_effect(spec, "on_target")
         sweep = run_sweep(
@@ -228,8 +237,8 @@ def run_demo(
         cspec = MeasureSpec(
             prompts=["I hate you because", "I went up to my friend and said"] + neutral[1:3],
             targets=[it.targets for it in items if it.targets is not None],
-            off_target=spec.off_target,
-            neutral=spec.neutral,
+            off_target=spec.off_target[: s.n_compose_texts],
+            neutral=spec.neutral[: s.n_compose_texts],
         )
         comp = run_compose(model, items, cspec)
         data["compose"] = comp

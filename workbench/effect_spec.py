@@ -210,7 +210,8 @@ def default_effect(
     spec: MeasureSpec, kind: str | None = None, decrease: bool = False
 ) -> EffectSpec:
     """The effect measure: ``kind`` if given, else the first available of target words
-    (sampled), target log-prob (no samples), sentiment, on-target perplexity."""
+    (sampled), target log-prob (no samples), sentiment, on-target perplexity. ``decrease``:
+    the wanted effect lowers the measure (always so for on-target perplexity)."""
     available = []
     if spec.targets:
         available += ["target_words"] if spec.n > 0 else []
@@ -227,12 +228,10 @@ def default_effect(
     if kind is None:
         kind = available[0]
     check(kind in available, f"effect '{kind}' is not measured here; available: {available}")
-    direction = -1 if kind == "on_target" else 1
-    return EffectSpec(
-        kind,
-        spec.targets[0].name if spec.targets else "target",
-        -direction if decrease else direction,
-    )
+    # Lower on-target perplexity is the wanted effect; ``decrease`` says the same of the others
+    # (e.g. less positive sentiment).
+    direction = -1 if (kind == "on_target" or decrease) else 1
+    return EffectSpec(kind, spec.targets[0].name if spec.targets else "target", direction)
 
 
 # --------------------------------------------------------------------------- vectors
