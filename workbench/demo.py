@@ -285,14 +285,16 @@ def findings(data: dict[str, Any]) -> list[str]:
     out.append("Controls, wedding-sentence perplexity ratio: " + ", ".join(parts) + ".")
     comp = data.get("compose")
     if comp:
-        out.append(
-            "Composition: retention "
-            + ", ".join(
-                f"{v['label']} {r:.2f}"
-                for v, r in zip(comp["vectors"], comp["retention"], strict=True)
+        parts = [
+            f"{v['label']} {r:.2f}" + ("" if sig else " (its effect alone is not distinct from 0)")
+            for v, r, sig in zip(
+                comp["vectors"], comp["retention"], comp["alone_significant"], strict=True
             )
-            + "; damage of both together: off-target ppl ratio "
-            + f"{comp['damage']['combined'].get('off_target_ratio', {}).get('value', float('nan')):.3f}."
+        ]
+        damage = comp["damage"]["combined"].get("off_target_ratio", {}).get("value", float("nan"))
+        out.append(
+            f"Composition: retention {', '.join(parts)}; damage of both together: off-target "
+            f"perplexity ratio {damage:.3f}."
         )
     cands = data.get("candidates") or []
     if cands:

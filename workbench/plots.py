@@ -67,7 +67,7 @@ def sweep_png(data: dict[str, Any]) -> bytes:
     """Effect and damage against coefficient, one line per layer, overshoot marked."""
     layers = _by_layer(data)
     overshoot = {int(o["layer"]): o for o in data["overshoot"]}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     panels = [("effect", data["effect"]["label"]), ("damage", "off-target perplexity ratio")]
     coeffs = sorted({float(r["coeff"]) for r in data["rows"]})
     for ax, (key, title) in zip(axes, panels, strict=True):
@@ -110,7 +110,8 @@ def _grid(
 
 def heatmap_png(data: dict[str, Any]) -> bytes:
     """Layer x coefficient heatmaps of effect and damage."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 * len(_by_layer(data)) + 2.2))
+    height = 0.6 * len(_by_layer(data)) + 2.2
+    fig, axes = plt.subplots(1, 2, figsize=(11, height), layout="constrained")
     for ax, key in zip(axes, ("effect", "damage"), strict=True):
         layers, coeffs, grid = _grid(data, key)
         values = [[float("nan") if v is None else v for v in row] for row in grid]
@@ -246,12 +247,12 @@ def _matrix(values: list[list[float | None]]) -> list[list[float]]:
 def compose_png(data: dict[str, Any]) -> bytes:
     """Retention bars, interference and cosine matrices."""
     labels = [v["label"] for v in data["vectors"]]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
     axes[0].bar(labels, data["retention"], color="tab:blue")
     axes[0].axhline(1.0, ls="--", color="grey", lw=1)
     axes[0].set_title("retention (combined / alone)")
     for ax, key, title, cmap in (
-        (axes[1], "interference", "interference (row i, with column j)", "coolwarm"),
+        (axes[1], "interference", "interference (row i with column j)", "coolwarm"),
         (axes[2], "cosine", "cosine (same layer)", "coolwarm"),
     ):
         m = _matrix(data[key])
