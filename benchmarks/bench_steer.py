@@ -10,7 +10,8 @@ makes the same number of tokens, at batch 1 and batch 8:
 * ``tl generate``      TransformerLens's ``generate`` (reference)
 
 Targets: steered >= 0.9x hf generate's tokens/s, steered time <= 1.05x unsteered time on our
-path. Also 8 coefficients batched in one call against 8 separate calls. Timings are medians of
+path. Also sampled generation (temperature 1, top-p 0.3) at batch 8 against transformers' own
+sampling. Also 8 coefficients batched in one call against 8 separate calls. Timings are medians of
 ``--repeats`` runs, interleaved so that load from other processes hits every method alike, by
 wall clock and by this process's CPU time (steadier on a shared machine, with ``--threads 1``).
 
@@ -46,7 +47,7 @@ def _plans(model: Model, layer: int) -> dict[str, SteeringPlan]:
     }
 
 
-def _hf_native(model: Model, batch: int, tokens: int) -> Callable[[], None]:
+def _hf_native(model: Model, batch: int, tokens: int, sample: bool = False) -> Callable[[], None]:
     from transformers import GenerationConfig
 
     ids, mask, _ = model.encode([PROMPT] * batch, padding_side="left")
@@ -54,10 +55,11 @@ def _hf_native(model: Model, batch: int, tokens: int) -> Callable[[], None]:
     assert hf is not None
     config = GenerationConfig(
         max_new_tokens=tokens,
-        do_sample=False,
+        do_sample=sample,
         use_cache=True,
         pad_token_id=model.pad_token_id,
         eos_token_id=[int(hf.config.vocab_size) + 1],  # never stop early
+        **({"temperature": 1.0, "top_p": 0.3, "top_k": 0} if sample else {}),
     )
 
     def run() -> None:
@@ -79,11 +81,16 @@ def _tl_native(model: Model, batch: int, tokens: int) -> Callable[[], None]:
     return run
 
 
-def _ours(model: Model, batch: int, tokens: int, plan: SteeringPlan | None) -> Callable[[], None]:
+def _ours(
+    model: Model, batch: int, tokens: int, plan: SteeringPlan | None, sample: bool = False
+) -> Callable[[], None]:
+    temperature, top_p = (1.0, 0.3) if sample else (0.0, 1.0)
+
     def run() -> None:
         generate(
-            model, PROMPT, plan, n=batch, max_new_tokens=tokens, temperature=0.0, stop_at_eos=False
-        )
+            model, PROMPT, plan, n=batch, max_new_tokens=tokens, stop_at_eos=False,
+            temperature=temperature, top_p=top_p,
+        )  # fmt: skip
 
     return run
 
@@ -156,6 +163,19 @@ def main() -> None:
                 f"unsteered {walls[name] / walls['ours unsteered']:.3f}x wall, "
                 f"{cpus[name] / cpus['ours unsteered']:.3f}x CPU (target <= 1.05)"
             )
+
+    sampled = {
+        "hf generate sampled": _hf_native(model, 8, args.tokens, sample=True),
+        "ours steered sampled": _ours(model, 8, args.tokens, plans["all"], sample=True),
+    }
+    walls, cpus = _measure(sampled, args.repeats)
+    print("\nbatch 8, sampled (temperature 1, top-p 0.3)")
+    for name in sampled:
+        tokens = 8 * args.tokens
+        print(
+            f"  {name:<20} {tokens / walls[name]:7.1f} tokens/s ({walls[name]:6.2f} s)   "
+            f"{tokens / cpus[name]:7.1f} tokens/CPU-s ({cpus[name]:6.2f} CPU-s)"
+        )
 
     coeffs = [float(c) for c in range(-4, 4)]
     entry = plans["all"].entries[0]
