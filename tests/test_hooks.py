@@ -96,14 +96,3 @@ def test_resid_mid_only_on_tl(tiny_model: Model) -> None:
     with recording(tiny_model, [Site("resid_mid", 1)], backend="tl") as rec:
         tiny_model.tl(tiny_model.encode(["hi"])[0])
     assert rec[Site("resid_mid", 1)].shape[-1] == 64
-
-
-@pytest.mark.parametrize("backend", ["tl", "hf"])
-def test_on_forward_reports_positions_per_call(tiny_model: Model, backend: str) -> None:
-    ids, mask, _ = tiny_model.encode(["Hello world, I love you"])
-    calls: list[int] = []
-    with hooks_applied(tiny_model, [], backend=backend, on_forward=calls.append):
-        _run(tiny_model, backend, ids, mask)
-        _run(tiny_model, backend, ids[:, :3], mask[:, :3])
-    _run(tiny_model, backend, ids, mask)
-    assert calls == [ids.shape[1], 3]

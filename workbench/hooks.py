@@ -97,15 +97,13 @@ def add_hooks(
     hooks: Sequence[tuple[Site, ActFn]],
     *,
     backend: str = "tl",
-    on_forward: Callable[[int], None] | None = None,
 ) -> HookHandle:
     """Register ``hooks`` on ``model``; all or nothing.
 
-    ``on_forward(seq_len)``, if given, is called at the start of every forward pass of the whole
-    model with the number of positions in that call (the prompt length on the first call of a
-    cached generation, then 1 per new token), so position-dependent hooks can track where they
-    are. If registering any hook fails, the ones already added are removed before the error is
-    raised, so the model is never left half-hooked.
+    If registering any hook fails, the ones already added are removed before the error is
+    raised, so the model is never left half-hooked. (Position-dependent hooks track positions
+    from their own activation's length: TransformerLens's ``generate`` calls ``forward``
+    directly, so a hook on the model's root would never fire there.)
     """
     if backend not in BACKENDS:
         raise WorkbenchError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
@@ -115,9 +113,6 @@ def add_hooks(
         )
     handle = HookHandle()
     try:
-        if on_forward is not None:
-            root: Any = model.tl if backend == "tl" else model.hf
-            handle._add(root.register_forward_pre_hook(_start_hook(on_forward), with_kwargs=True))
         for site, fn in hooks:
             site.check(model)
             if backend == "tl":
@@ -136,7 +131,6 @@ def hooks_applied(
     hooks: Sequence[tuple[Site, ActFn]],
     *,
     backend: str = "tl",
-    on_forward: Callable[[int], None] | None = None,
 ) -> Iterator[HookHandle]:
     """Context-manager twin of :func:`add_hooks`: hooks are removed on exit and on any error.
 
@@ -144,7 +138,7 @@ def hooks_applied(
         >>> with hooks_applied(model, [(Site("resid_pre", 6), lambda x: x + v)]):  # doctest: +SKIP
         ...     logits = model.tl(tokens)
     """
-    handle = add_hooks(model, hooks, backend=backend, on_forward=on_forward)
+    handle = add_hooks(model, hooks, backend=backend)
     try:
         yield handle
     finally:
@@ -170,18 +164,6 @@ def recording(
 
     with hooks_applied(model, [(s, keep(s)) for s in sites], backend=backend):
         yield store
-
-
-def _start_hook(on_forward: Callable[[int], None]) -> Callable[..., None]:
-    def pre(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        x = args[0] if args else kwargs.get("input_ids", kwargs.get("input"))
-        if x is None:
-            x = kwargs.get("inputs_embeds")
-        if x is None or isinstance(x, (str, list)):
-            raise WorkbenchError("position tracking needs token ids, not strings, as input")
-        on_forward(int(x.shape[1]))
-
-    return pre
 
 
 # --------------------------------------------------------------------------- TransformerLens path
