@@ -11,8 +11,8 @@ so it tracks positions itself from the activation's length:
 * a one-position call continues where the previous call ended (a cached generation step),
   unless it is the first call since :meth:`PlanRun.reset`.
 
-(The hooks module's ``on_forward`` root callback is not used: TransformerLens's ``generate``
-calls ``model.forward`` directly, which skips root-module hooks, so steering would silently stop.)
+(Positions are not tracked with a hook on the model's root: TransformerLens's ``generate`` calls
+``model.forward`` directly, which skips root-module hooks, so steering would silently stop.)
 
 The first call after a reset fixes the prompt width; columns at or beyond it are generated
 tokens. Rows of a left-padded batch start at their pad offset (``pad_offsets``), and their
