@@ -9,15 +9,14 @@ controls are measured at the layer's reference coefficient (``best``, else the l
 coefficient before breakdown): a norm-matched random vector and, for prompt-made vectors, the
 token-injection baseline.
 
-Written to ``out``: ``config.json`` (what was asked), ``rows.jsonl`` (one line per finished
-layer, appended as layers finish, so an interrupted sweep keeps them and ``resume=True`` skips
-them), then ``sweep.json`` (the source of truth), ``rows.csv``, ``plots/`` (PNG and interactive
-HTML) and ``report.html``.
+Written to ``out`` (see :mod:`workbench.sweep_io`): ``config.json`` (what was asked),
+``rows.jsonl`` (one line per finished layer, appended as layers finish, so an interrupted sweep
+keeps them and ``resume=True`` skips them), then ``sweep.json`` (the source of truth),
+``rows.csv``, ``plots/`` (PNG and interactive HTML) and ``report.html``.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -39,13 +38,13 @@ from workbench.effects import (
     vector_at_layer,
 )
 from workbench.errors import WorkbenchError, check
-from workbench.io import atomic_path, read_json, write_json
 from workbench.models import Model
 from workbench.overshoot import Overshoot, OvershootThresholds, find_overshoot
 from workbench.plan import POSITIONS, PlanEntry
 from workbench.sources import mean_residual_norms, random_like
 from workbench.stats import Estimate
 from workbench.sweep_diagnostics import attention_to_steered, explain, norm_ratios
+from workbench.sweep_io import append_record, prepare, read_done, write_outputs
 from workbench.vectors import UNITS, SteeringVector
 
 FORMAT = "workbench.sweep/1"
@@ -310,46 +309,6 @@ def _signature(
     }
 
 
-def _read_done(path: Path) -> dict[int, dict[str, Any]]:
-    """Finished layers of ``rows.jsonl``; a torn last line (interrupted write) is dropped."""
-    done: dict[int, dict[str, Any]] = {}
-    if not path.exists():
-        return done
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        done[int(rec["layer"])] = rec
-    return done
-
-
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _prepare(out: Path, signature: dict[str, Any], resume: bool, overwrite: bool) -> None:
-    config, rows = out / "config.json", out / "rows.jsonl"
-    if config.exists() or rows.exists():
-        if resume and config.exists():
-            old = read_json(config, "sweep config")
-            check(
-                old == signature,
-                f"{out} holds a sweep with other settings; use another --out or --overwrite",
-            )
-            return
-        check(
-            overwrite,
-            f"{out} already holds a sweep; pass --resume to continue it or --overwrite",
-        )
-        rows.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(config, signature)
-
-
 def run_sweep(
     model: Model,
     vector: SteeringVector,
@@ -383,8 +342,8 @@ def run_sweep(
     folder = None if out is None else Path(out)
     done: dict[int, dict[str, Any]] = {}
     if folder is not None:
-        _prepare(folder, signature, resume, overwrite)
-        done = _read_done(folder / "rows.jsonl") if resume else {}
+        prepare(folder, signature, resume, overwrite)
+        done = read_done(folder / "rows.jsonl") if resume else {}
     for layer in layers:
         if layer in done:
             say(f"layer {layer}: already done (resumed)")
@@ -393,7 +352,7 @@ def run_sweep(
         rec = sweep_layer(model, vector, layer, config, spec, effect, label=label)
         done[layer] = rec
         if folder is not None:
-            _append(folder / "rows.jsonl", rec)
+            append_record(folder / "rows.jsonl", rec)
         ov = rec["overshoot"]
         say(
             f"layer {layer}: {len(config.coeffs)} coefficients in {time.perf_counter() - t0:.1f}s"
@@ -426,36 +385,3 @@ def assemble(
         "samples": [s for rec in records for s in rec["samples"]],
         "notes": [n for rec in records for n in rec["notes"]],
     }
-
-
-def write_rows_csv(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
-    """Scalar columns of the sweep rows as CSV (intervals as ``_low``/``_high`` columns)."""
-    flat: list[dict[str, Any]] = []
-    for row in rows:
-        out: dict[str, Any] = {}
-        for k, v in row.items():
-            if isinstance(v, list) and len(v) == 2:
-                out[f"{k.removesuffix('_ci')}_low"], out[f"{k.removesuffix('_ci')}_high"] = v
-            elif not isinstance(v, (list, dict)):
-                out[k] = v
-        flat.append(out)
-    columns: list[str] = []
-    for r in flat:
-        columns += [k for k in r if k not in columns]
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(flat)
-
-
-def write_outputs(folder: Path, data: dict[str, Any]) -> dict[str, str]:
-    """``sweep.json``, ``rows.csv``, ``plots/`` and ``report.html`` in ``folder``."""
-    from workbench.plots import write_sweep_plots
-    from workbench.report import write_report
-
-    write_json(folder / "sweep.json", data)
-    write_rows_csv(folder / "rows.csv", data["rows"])
-    files = {"json": str(folder / "sweep.json"), "csv": str(folder / "rows.csv")}
-    files.update(write_sweep_plots(data, folder / "plots"))
-    files["report"] = str(write_report(data, folder / "report.html"))
-    return files
