@@ -9,14 +9,15 @@ found by name through :mod:`dictionaries.registry`::
     same = dictionaries.load("runs/pca")
 
 Backends: ``pca``, ``ica`` (:mod:`dictionaries.linear`), ``dictlearn``
-(:mod:`dictionaries.sparse`), ``sae`` and ``pretrained-sae`` (:mod:`dictionaries.sae`).
+(:mod:`dictionaries.sparse`), ``sae`` and ``pretrained-sae`` (:mod:`dictionaries.pretrained`).
 """
 
 from dictionaries.base import Dictionary, DictionaryInfo
 from dictionaries.linear import ICA, PCA
+from dictionaries.pretrained import PretrainedSAE
 from dictionaries.quality import reconstruction_quality
 from dictionaries.registry import available, create, get, load, register
-from dictionaries.sae import PretrainedSAE, SparseAutoencoder
+from dictionaries.sae import SparseAutoencoder
 from dictionaries.sparse import DictLearn
 
 __all__ = [

@@ -8,13 +8,8 @@ its inference class the way ``TrainingSAE.save_inference_model`` does, and folds
 norms so that ``components_`` equals the decoder rows and each code is the length of its
 component in the reconstruction.
 
-Two backends:
-
-- ``sae`` (:class:`SparseAutoencoder`): train a new SAE, ``d_in = d_model``, ``d_sae = k``.
-- ``pretrained-sae`` (:class:`PretrainedSAE`): wrap an SAE trained elsewhere,
-  :meth:`PretrainedSAE.from_release` (SAELens hub releases) or :meth:`PretrainedSAE.from_folder`
-  (a local SAELens folder). Its ``fit`` learns nothing.
-
+The backend ``sae`` (:class:`SparseAutoencoder`) trains a new SAE, ``d_in = d_model``,
+``d_sae = k``; ``pretrained-sae`` (:mod:`dictionaries.pretrained`) wraps one trained elsewhere.
 Both save in the workbench format and export a native SAELens folder with :meth:`export_sae_lens`
 (``SAE.load_from_disk`` reads it). SAELens is imported lazily: it pulls in TransformerLens.
 """
@@ -22,11 +17,9 @@ Both save in the workbench format and export a native SAELens folder with :meth:
 from __future__ import annotations
 
 import itertools
-import os
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,113 +27,18 @@ import torch
 
 from dictionaries.base import (
     ArrayLike,
-    Dictionary,
     DictionaryInfo,
     as_matrix,
-    unit_rows,
 )
 from dictionaries.registry import register
-from workbench.errors import WorkbenchError, check
-from workbench.io import atomic_path
+from dictionaries.sae_lens_base import _build_sae, _SAELensBackend
+from workbench.errors import check
 
 if TYPE_CHECKING:
     from sae_lens import SAE as SAELensSAE
 
-_PREFIX = "sae."
 ARCHITECTURES = ("standard", "topk")
 _DEFAULT_L1 = 1.0  # SAELens's StandardTrainingSAEConfig default
-
-
-class _SAELensBackend(Dictionary):
-    """Shared encode/decode/persistence for any SAELens inference SAE held in ``sae_``."""
-
-    sae_: SAELensSAE
-
-    def _set_sae(self, sae: SAELensSAE) -> None:
-        norm = sae.cfg.normalize_activations
-        check(
-            norm == "none",
-            f"this SAE uses normalize_activations={norm!r}, which rescales each batch at run "
-            "time; the workbench needs it folded into the weights: load it with SAELens and "
-            "fold the scaling (fold_activation_norm_scaling_factor) first",
-        )
-        # Workbench activations are always flat (n, d_model), also for hook_z SAEs.
-        sae.turn_off_forward_pass_hook_z_reshaping()
-        sae.eval()
-        self.sae_ = sae
-        self.d_model_ = int(sae.cfg.d_in)
-        W_dec = sae.W_dec.detach().float().cpu().numpy()  # (d_sae, d_in)
-        self.components_ = unit_rows(W_dec)
-
-    @torch.no_grad()
-    def _encode(self, X: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(X)).to(self.sae_.device)  # (n, d_in)
-        acts = self.sae_.encode(x)  # (n, d_sae)
-        if acts.is_sparse:
-            acts = acts.to_dense()
-        return acts.float().cpu().numpy()
-
-    @torch.no_grad()
-    def _decode(self, Z: np.ndarray) -> np.ndarray:
-        z = torch.from_numpy(np.ascontiguousarray(Z)).to(self.sae_.device, self.sae_.dtype)
-        return self.sae_.decode(z).float().cpu().numpy()  # (n, d_in)
-
-    def _state(self) -> dict[str, torch.Tensor]:
-        state = self.sae_.state_dict()
-        self.sae_.process_state_dict_for_saving(state)  # as SAE.save_model does
-        return {_PREFIX + k: v.detach().cpu() for k, v in state.items()}
-
-    def _extra_config(self) -> dict[str, Any]:
-        return {"sae_lens_cfg": _jsonable(self.sae_.cfg.to_dict())}
-
-    def _load_state(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
-        state = {k[len(_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_PREFIX)}
-        self._set_sae(_build_sae(dict(extra["sae_lens_cfg"]), state))
-
-    def export_sae_lens(self, path: str | os.PathLike[str]) -> Path:
-        """Write a native SAELens folder (``cfg.json`` + ``sae_weights.safetensors``), atomically.
-
-        The workbench's model and hook point are written into the SAE's metadata, so SAELens
-        (``SAE.load_from_disk(path)``) and other tools see where the SAE belongs.
-        """
-        self._check_fitted()
-        meta = self.sae_.cfg.metadata
-        if self.info_.model is not None:
-            meta.model_name = self.info_.model
-        if self.info_.hook_point is not None:
-            meta.hook_name = self.info_.hook_point
-        with atomic_path(path) as tmp:
-            self.sae_.save_model(tmp)
-        return Path(path)
-
-
-def _build_sae(cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> SAELensSAE:
-    """An inference SAE from a SAELens config dict and state dict, held in memory.
-
-    Goes through ``SAE.load_from_disk`` with an in-memory converter, so SAELens applies its own
-    config defaults and state-dict processing, and builds the module on the meta device (no
-    random initialisation, so the global torch RNG is left alone).
-    """
-    from sae_lens import SAE as SAELensSAE
-
-    def from_memory(
-        path: str | Path, device: str, cfg_overrides: dict[str, Any] | None = None
-    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        merged = {**cfg, **(cfg_overrides or {}), "device": device}
-        return merged, {k: v.detach().to(device).clone() for k, v in state.items()}
-
-    return SAELensSAE.load_from_disk("<memory>", device="cpu", converter=from_memory)
-
-
-def _jsonable(value: Any) -> Any:
-    """SAELens configs may hold tuples or torch dtypes; make them plain JSON values."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
 
 
 @register("sae")
@@ -390,100 +288,3 @@ class SparseAutoencoder(_SAELensBackend):
         if sae.cfg.architecture() == "standard":
             sae.fold_W_dec_norm()
         return sae
-
-
-@register("pretrained-sae")
-class PretrainedSAE(_SAELensBackend):
-    """An SAE trained elsewhere, used as a fixed dictionary.
-
-    Build it with :meth:`from_release` (SAELens's registry of published SAEs; needs the network
-    once) or :meth:`from_folder` (a local SAELens folder: ``cfg.json`` +
-    ``sae_weights.safetensors``). ``release``, ``sae_id`` and ``folder`` only record the source.
-    ``info_`` is read from the SAE's metadata (model name, hook name, layer).
-
-    ``fit(X)`` learns nothing: it checks that ``X`` has the SAE's width, records row counts in
-    ``fit_stats_`` and returns ``self``, so a pretrained SAE can stand wherever a fitted
-    dictionary is expected.
-    """
-
-    def __init__(
-        self, release: str | None = None, sae_id: str | None = None, folder: str | None = None
-    ) -> None:
-        self.release = release
-        self.sae_id = sae_id
-        self.folder = folder
-
-    @classmethod
-    def from_release(cls, release: str, sae_id: str, device: str = "cpu") -> PretrainedSAE:
-        """``sae_lens.SAE.from_pretrained(release, sae_id)``, e.g.
-        ``PretrainedSAE.from_release("gpt2-small-res-jb", "blocks.8.hook_resid_pre")``.
-
-        Names are checked against SAELens's bundled release list first (no network); a failed
-        download becomes a :class:`WorkbenchError` suggesting :meth:`from_folder`.
-        """
-        from sae_lens import SAE as SAELensSAE
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-        directory = get_pretrained_saes_directory()
-        if release in directory:
-            ids = list(directory[release].saes_map)
-            shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
-            check(sae_id in ids, f"sae_id {sae_id!r} is not in release {release!r}: try {shown}")
-        else:
-            check(
-                "/" in release,
-                f"unknown SAE release {release!r}: use a name from SAELens's pretrained SAE list,"
-                " a Hugging Face repo id, or a local folder with PretrainedSAE.from_folder(path)",
-            )
-        try:
-            sae = SAELensSAE.from_pretrained(release, sae_id, device=device)
-        except Exception as e:  # network stacks raise many types; all mean "not fetched"
-            raise WorkbenchError(
-                f"could not fetch SAE {release} / {sae_id} ({type(e).__name__}: {e}); if the "
-                "hub is unreachable, give a local SAELens folder with "
-                "PretrainedSAE.from_folder(path) instead"
-            ) from e
-        return cls(release=release, sae_id=sae_id)._adopt(sae)
-
-    @classmethod
-    def from_folder(cls, path: str | os.PathLike[str], device: str = "cpu") -> PretrainedSAE:
-        """Load a local SAELens SAE folder (as written by ``SAE.save_model``)."""
-        from sae_lens import SAE as SAELensSAE
-
-        folder = Path(path)
-        check(folder.is_dir(), f"SAE folder not found: {folder} (check the path)")
-        try:
-            sae = SAELensSAE.load_from_disk(folder, device=device)
-        except (OSError, KeyError, ValueError, RuntimeError) as e:
-            raise WorkbenchError(
-                f"{folder} is not a loadable SAELens SAE folder ({e}): it needs cfg.json and "
-                "sae_weights.safetensors as written by SAE.save_model"
-            ) from e
-        return cls(folder=str(folder))._adopt(sae)
-
-    def _adopt(self, sae: SAELensSAE) -> PretrainedSAE:
-        self._set_sae(sae)
-        meta = sae.cfg.metadata
-        info = DictionaryInfo.from_hook_name(meta.hook_name, model=meta.model_name)
-        info.d_model = self.d_model_
-        self.info_ = info
-        self.fit_stats_ = {"n_rows": 0, "dropped_nonfinite_rows": 0, "seconds": 0.0}
-        return self
-
-    def _check_fitted(self) -> None:
-        check(
-            hasattr(self, "sae_"),
-            "this PretrainedSAE holds no SAE: build it with PretrainedSAE.from_release(...) or "
-            "PretrainedSAE.from_folder(...)",
-        )
-
-    def _begin_fit(self, d_model: int, info: DictionaryInfo | None) -> None:
-        self._check_fitted()
-        self._check_width(d_model, "X")
-        if info is not None:  # the caller's info wins; the SAE's own metadata fills the gaps
-            known = self.info_.to_dict()
-            given = {k: v for k, v in info.to_dict().items() if v is not None}
-            self.info_ = DictionaryInfo(**{**known, **given, "d_model": d_model})
-
-    def _fit(self, X: np.ndarray) -> dict[str, Any]:
-        return {"pretrained": True}

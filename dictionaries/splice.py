@@ -39,8 +39,8 @@ import torch
 import dictionaries
 from dictionaries.base import Dictionary, DictionaryInfo
 from dictionaries.linear import PCA
+from dictionaries.pretrained import PretrainedSAE
 from dictionaries.quality import reconstruction_quality
-from dictionaries.sae import PretrainedSAE
 from workbench.errors import check
 from workbench.forward import steered_logits
 from workbench.hooks import Site, hooks_applied
