@@ -52,12 +52,11 @@ from workbench.corpora import load_corpus
 from workbench.errors import check
 from workbench.forward import encode_inputs, steered_logits
 from workbench.generate import generate_rows
-from workbench.hooks import Site, hooks_applied
+from workbench.hooks import Site, backend_for, hooks_applied
 from workbench.io import write_json
 from workbench.metrics import next_token_kl, token_logprobs
 from workbench.models import Model
 from workbench.sampling import Sampling
-from workbench.sources_acts import backend_for
 from workbench.sources_dict import from_component
 from workbench.store import ActivationStore
 from workbench.vectors import SteeringVector

@@ -43,10 +43,9 @@ from dictionaries.pretrained import PretrainedSAE
 from dictionaries.quality import reconstruction_quality
 from workbench.errors import check
 from workbench.forward import steered_logits
-from workbench.hooks import Site, hooks_applied
+from workbench.hooks import Site, backend_for, hooks_applied
 from workbench.metrics import token_logprobs
 from workbench.models import Model
-from workbench.sources_acts import backend_for
 from workbench.store import ActivationStore
 
 Replace = Callable[[torch.Tensor], torch.Tensor]  # (rows, width) -> (rows, width)

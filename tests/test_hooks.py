@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.hooks import Site, add_hooks, hooks_applied, recording
+from workbench.hooks import Site, StopForward, add_hooks, backend_for, hooks_applied, recording
 from workbench.models import Model
 
 KINDS = ["resid_pre", "resid_post", "attn_out", "mlp_out", "z"]
@@ -96,3 +96,29 @@ def test_resid_mid_only_on_tl(tiny_model: Model) -> None:
     with recording(tiny_model, [Site("resid_mid", 1)], backend="tl") as rec:
         tiny_model.tl(tiny_model.encode(["hi"])[0])
     assert rec[Site("resid_mid", 1)].shape[-1] == 64
+
+
+@pytest.mark.parametrize("backend", ["tl", "hf"])
+def test_recording_with_stop_ends_the_pass_after_the_last_site(
+    tiny_model: Model, backend: str
+) -> None:
+    ids, mask, _ = tiny_model.encode(["Hello world"])
+    sites = [Site("resid_post", 1), Site("z", 1)]
+    later: list[int] = []
+    spy = [(Site("resid_pre", 2), lambda x: later.append(1))]
+    with (
+        hooks_applied(tiny_model, spy, backend=backend),
+        pytest.raises(StopForward),
+        recording(tiny_model, sites, backend=backend, stop=True) as rec,
+    ):
+        _run(tiny_model, backend, ids, mask)
+    assert set(rec) == set(sites)
+    assert not later, "layers after the last recorded site must not run"
+    with recording(tiny_model, sites, backend=backend) as full:
+        _run(tiny_model, backend, ids, mask)
+    assert torch.equal(rec[Site("resid_post", 1)], full[Site("resid_post", 1)])
+
+
+def test_backend_for_sites(tiny_model: Model) -> None:
+    assert backend_for(tiny_model, [Site("resid_post", 1)]) == "hf"
+    assert backend_for(tiny_model, [Site("resid_mid", 1), Site("resid_post", 1)]) == "tl"

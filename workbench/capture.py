@@ -12,13 +12,12 @@ Memory: one batch of activations plus one shard of buffered rows, whatever the c
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from workbench.capture_batches import batches, doc_records, row_count, select_rows, token_counts
 from workbench.corpora import load_corpus
 from workbench.errors import check
-from workbench.hooks import Site, hooks_applied, recording
+from workbench.hooks import Site, StopForward, backend_for, recording
 from workbench.models import Model
 from workbench.store import DTYPES, FORMAT, VERSION
 from workbench.store_writer import StoreWriter, check_destination
@@ -40,14 +39,6 @@ POSITIONS = ("all", "last", "mean")
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
 DEFAULT_SHARD_ROWS = 16384
 # Where each kind fires inside a block: the stopping hook goes on the last-firing site.
-_FIRING_ORDER = {
-    "resid_pre": 0,
-    "z": 1,
-    "attn_out": 2,
-    "resid_mid": 3,
-    "mlp_out": 4,
-    "resid_post": 5,
-}
 
 
 @dataclass
@@ -92,10 +83,6 @@ class CaptureResult:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "path": str(self.path)}
-
-
-class _StopForward(Exception):
-    """Raised by a hook once the deepest requested activation is recorded."""
 
 
 def capture(
@@ -172,7 +159,10 @@ def capture(
     norm_kind = site if site in RESID_KINDS else "resid_post"
     norm_sites = [Site(norm_kind, layer) for layer in layer_list]
     try:
-        with torch.inference_mode(), _recording(model, kind_sites + norm_sites, backend) as rec:
+        with (
+            torch.inference_mode(),
+            recording(model, kind_sites + norm_sites, backend=backend, stop=True) as rec,
+        ):
             for batch in batches(counts, batch_size):
                 lens = [counts[i] for i in batch]
                 n_rows = row_count(lens, first, positions)
@@ -246,7 +236,7 @@ def _check_args(
 def _choose_backend(model: Model, site: str, backend: str) -> str:
     check(backend in ("auto", "hf", "tl"), f"unknown backend '{backend}': use auto, hf or tl")
     if backend == "auto":
-        return "hf" if model.hf is not None and site != "resid_mid" else "tl"
+        return backend_for(model, [Site(site, 0)])
     return backend
 
 
@@ -310,30 +300,13 @@ def _manifest(
 # --------------------------------------------------------------------------- forward pass
 
 
-@contextlib.contextmanager
-def _recording(model: Model, sites: list[Site], backend: str) -> Iterator[dict[Site, Any]]:
-    """Record ``sites`` and stop the forward pass right after the last of them fires."""
-    unique = list(dict.fromkeys(sites))
-    deepest = max(unique, key=lambda s: (s.layer, _FIRING_ORDER[s.kind]))
-
-    def stop(_act: torch.Tensor) -> None:
-        raise _StopForward
-
-    # The stopping hook is registered after the recording one, so it runs after it.
-    with (
-        recording(model, unique, backend=backend) as rec,
-        hooks_applied(model, [(deepest, stop)], backend=backend),
-    ):
-        yield rec
-
-
 def _forward(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -> None:
     try:
         if backend == "hf" and model.hf is not None:
             model.hf(input_ids=ids, attention_mask=mask, use_cache=False)
         else:
             model.tl(ids, attention_mask=mask)
-    except _StopForward:
+    except StopForward:
         return
     raise RuntimeError("the forward pass finished without reaching the deepest capture site")
 

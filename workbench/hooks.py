@@ -145,16 +145,49 @@ def hooks_applied(
         handle.remove()
 
 
+# The order in which sites fire inside one block, so a recording knows which fires last.
+FIRING_ORDER = {
+    "resid_pre": 0,
+    "z": 1,
+    "attn_out": 2,
+    "resid_mid": 3,
+    "mlp_out": 4,
+    "resid_post": 5,
+}
+
+
+class StopForward(Exception):
+    """Raised by a ``recording(..., stop=True)`` once its last site has fired.
+
+    Catch it around the forward call: the pass ends there, so capturing layer 8 of 30 costs
+    about a fifth of a full pass.
+    """
+
+
+def backend_for(model: Model, sites: Sequence[Site]) -> str:
+    """The faster backend that can reach every site (``resid_mid`` exists only on ``tl``)."""
+    if any(s.kind == "resid_mid" for s in sites):
+        return "tl"
+    return default_backend(model)
+
+
 @contextlib.contextmanager
 def recording(
-    model: Model, sites: Sequence[Site], *, backend: str = "tl", detach: bool = True
+    model: Model,
+    sites: Sequence[Site],
+    *,
+    backend: str = "tl",
+    detach: bool = True,
+    stop: bool = False,
 ) -> Iterator[dict[Site, torch.Tensor]]:
     """Record the activation at each site during the forward passes run inside the block.
 
     The yielded dict maps each site to its latest activation (canonical shape). Nothing is
-    changed in the forward pass.
+    changed in the forward pass. With ``stop``, :class:`StopForward` is raised right after the
+    last site fires, ending the pass early; the caller catches it.
     """
     store: dict[Site, torch.Tensor] = {}
+    unique = list(dict.fromkeys(sites))
 
     def keep(site: Site) -> ActFn:
         def fn(act: torch.Tensor) -> None:
@@ -162,7 +195,14 @@ def recording(
 
         return fn
 
-    with hooks_applied(model, [(s, keep(s)) for s in sites], backend=backend):
+    def halt(_act: torch.Tensor) -> None:
+        raise StopForward
+
+    hooks = [(s, keep(s)) for s in unique]
+    if stop and unique:
+        # Registered after the recording hook on the same site, so it runs after it.
+        hooks.append((max(unique, key=lambda s: (s.layer, FIRING_ORDER[s.kind])), halt))
+    with hooks_applied(model, hooks, backend=backend):
         yield store
 
 

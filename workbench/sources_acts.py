@@ -22,7 +22,7 @@ import torch
 
 from workbench.corpora import BUILTIN_PREFIX, load_corpus
 from workbench.errors import WorkbenchError, check
-from workbench.hooks import Site, default_backend, hooks_applied, recording
+from workbench.hooks import Site, StopForward, backend_for, recording
 from workbench.models import Model
 
 POSITIONS = ("last", "mean", "all")
@@ -51,10 +51,6 @@ class TextActivations:
     owner: torch.Tensor
     n_texts: int
     n_truncated: int
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once every wanted site has been recorded."""
 
 
 def load_texts(spec: TextSpec, what: str) -> list[str]:
@@ -114,40 +110,22 @@ def check_positions(positions: str, allowed: Sequence[str] = POSITIONS) -> str:
     return positions
 
 
-def backend_for(model: Model, sites: Sequence[Site]) -> str:
-    # resid_mid has no module edge in transformers, so only TransformerLens can record it.
-    if any(s.kind == "resid_mid" for s in sites):
-        return "tl"
-    return default_backend(model)
-
-
 @torch.no_grad()
 def run_sites(model: Model, ids: torch.Tensor, sites: Sequence[Site]) -> dict[Site, torch.Tensor]:
     """One forward pass of ``ids`` ``(batch, pos)``; the activation at each site.
 
-    The pass stops right after the deepest block needed. Right padding needs no attention mask:
+    The pass stops right after the last site fires. Right padding needs no attention mask:
     attention is causal, so pads after a text cannot change its activations.
     """
     backend = backend_for(model, sites)
-    deepest = max(s.layer for s in sites)
-    stops: list[tuple[Site, Any]] = []
-    if deepest + 1 < model.n_layers:
-
-        def stop(_act: torch.Tensor) -> None:
-            raise _Stop
-
-        stops = [(Site("resid_pre", deepest + 1), stop)]
-    with (
-        recording(model, sites, backend=backend) as store,
-        hooks_applied(model, stops, backend=backend),
-    ):
+    with recording(model, sites, backend=backend, stop=True) as store:
         try:
             if backend == "hf":
                 assert model.hf is not None
                 model.hf(input_ids=ids, use_cache=False)
             else:
                 model.tl(ids, return_type=None)
-        except _Stop:
+        except StopForward:
             pass
     missing = [s for s in sites if s not in store]
     if missing:
