@@ -2,7 +2,7 @@
 
 :func:`measure_inputs` draws the fields and returns a :class:`MeasureOptions` (plain values, so
 results can be cached by them); :func:`measure_spec` turns it into the library's
-:class:`~workbench.effects.MeasureSpec` through the very function ``workbench sweep`` and
+:class:`~workbench.measure.effects.MeasureSpec` through the very function ``workbench sweep`` and
 ``workbench compose`` use for their ``--prompts/--off-target/--n ...`` options.
 """
 
@@ -13,15 +13,15 @@ from typing import NamedTuple
 
 import streamlit as st
 
-from workbench.commands._measure_args import build_spec
-from workbench.effects import (
+from workbench.measure.effects import (
     DEFAULT_NEUTRAL,
     DEFAULT_OFF_TARGET,
     DEFAULT_PROMPTS,
     MeasureSpec,
     Targets,
 )
-from workbench.sampling import ACTADD
+from workbench.measure.spec import build_spec
+from workbench.steer.sampling import ACTADD
 
 
 class MeasureOptions(NamedTuple):

@@ -16,25 +16,25 @@ import streamlit as st
 import dictionaries
 from app.measure_inputs import MeasureOptions, measure_spec
 from app.state import HASH_FUNCS, get_model
-from dictionaries import maps
 from dictionaries.base import Dictionary
-from dictionaries.discover import Discovery, ProbeSettings, discover
-from dictionaries.inspect import ComponentReport, inspect_components
-from dictionaries.maps import Map2D
-from dictionaries.splice import evaluate_heldout, fit_from_store, heldout_docs, make_dictionary
-from workbench.commands.decompose import parse_params
-from workbench.compose import ComposeItem, run_compose
+from workbench.activations.store import ActivationStore
 from workbench.corpora import list_builtin
-from workbench.effects import Targets, default_effect, parse_words, target_set
-from workbench.generate import generate_with_coefficients, side_by_side
-from workbench.models import list_models
-from workbench.overshoot import OvershootThresholds
-from workbench.plan import PlanEntry, SteeringPlan
-from workbench.sources import from_component, from_datasets, from_prompts, random_like
-from workbench.store import ActivationStore
-from workbench.sweep import SweepConfig, parse_coeffs, run_sweep
-from workbench.token_effects import TokenEffects, token_logprob_changes
-from workbench.vectors import SteeringVector
+from workbench.decompose import maps
+from workbench.decompose.discover import Discovery, ProbeSettings, discover
+from workbench.decompose.fit import evaluate_heldout, fit_from_store, heldout_docs, make_dictionary
+from workbench.decompose.inspect import ComponentReport, inspect_components
+from workbench.decompose.maps import Map2D
+from workbench.experiments.compose import ComposeItem, run_compose
+from workbench.experiments.overshoot import OvershootThresholds
+from workbench.experiments.sweep import SweepConfig, parse_coeffs, run_sweep
+from workbench.measure.effects import Targets, default_effect, parse_words, target_set
+from workbench.measure.token_effects import TokenEffects, token_logprob_changes
+from workbench.model.load import list_models
+from workbench.parse import parse_params
+from workbench.steer.generate import generate_with_coefficients, side_by_side
+from workbench.steer.plan import PlanEntry, SteeringPlan
+from workbench.vectors.build import from_component, from_datasets, from_prompts, random_like
+from workbench.vectors.vector import SteeringVector
 
 
 def _dictionary_key(d: Dictionary) -> str:
@@ -290,13 +290,21 @@ def compose(
         targets += t
         items.append(
             ComposeItem(
-                vector, coeff, layer, label, targets=t[0] if t else None,
+                vector,
+                coeff,
+                layer,
+                label,
+                targets=t[0] if t else None,
                 score="sentiment" if metric == "sentiment" else None,
             )
-        )  # fmt: skip
+        )
     sentiment = any(it.score == "sentiment" for it in items)
     spec = measure_spec(opts, targets, sentiment=sentiment)
     return run_compose(
-        get_model(model_name), items, spec, units=units, orthogonalize=orthogonalize,
+        get_model(model_name),
+        items,
+        spec,
+        units=units,
+        orthogonalize=orthogonalize,
         sampled=sampled,
-    )  # fmt: skip
+    )

@@ -21,9 +21,9 @@ from typing import Any
 
 import streamlit as st
 
-from workbench.models import DEFAULT_MODEL, Model, load_model
-from workbench.plan import SteeringPlan
-from workbench.vectors import SteeringVector
+from workbench.model.load import DEFAULT_MODEL, Model, load_model
+from workbench.steer.plan import SteeringPlan
+from workbench.vectors.vector import SteeringVector
 
 ENV_MODEL = "WORKBENCH_APP_MODEL"
 ENV_DIR = "WORKBENCH_APP_DIR"
@@ -60,7 +60,7 @@ def workdir() -> Path:
 
 def stores() -> list[Path]:
     """Activation stores under the work folder, newest first."""
-    from workbench.store import is_store
+    from workbench.activations.store import is_store
 
     folder = workdir() / "stores"
     found = [p for p in folder.iterdir() if is_store(p)] if folder.is_dir() else []

@@ -14,10 +14,10 @@ import streamlit as st
 
 from app import results, state
 from app.widgets import preset
+from workbench.activations.collect import POSITIONS
 from workbench.errors import WorkbenchError, check
-from workbench.models import Model
-from workbench.sources_acts import POSITIONS
-from workbench.vectors import SteeringVector
+from workbench.model.load import Model
+from workbench.vectors.vector import SteeringVector
 
 SOURCES = ("Prompt pair", "Two text sets", "Saved file", "Kept or discovered", "Random control")
 _PAIR = "a prompt pair (typed here)"
@@ -65,13 +65,19 @@ def vector_picker(
         names = [f"builtin:{c}" for c in results.corpora()]
         c1, c2, c3 = st.columns([2, 2, 1])
         pos_set = c1.selectbox(
-            "Positive texts", names, index=names.index("builtin:happy"), key=f"{key}_pset",
+            "Positive texts",
+            names,
+            index=names.index("builtin:happy"),
+            key=f"{key}_pset",
             accept_new_options=True,
-        )  # fmt: skip
+        )
         neg_set = c2.selectbox(
-            "Negative texts", names, index=names.index("builtin:sad"), key=f"{key}_nset",
+            "Negative texts",
+            names,
+            index=names.index("builtin:sad"),
+            key=f"{key}_nset",
             accept_new_options=True,
-        )  # fmt: skip
+        )
         positions = c3.selectbox("Positions", POSITIONS, index=0, key=f"{key}_ppos")
         return VectorChoice(
             f"{pos_set.removeprefix('builtin:')}-{neg_set.removeprefix('builtin:')}@{layer}",

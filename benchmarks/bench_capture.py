@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from workbench.capture import capture
-from workbench.capture_batches import batches
+from workbench.activations.batches import batches
+from workbench.activations.capture import capture
 from workbench.corpora import load_corpus
-from workbench.models import Model, load_model
+from workbench.model.load import Model, load_model
 
 LAYER = 8
 BATCH = 16
@@ -108,8 +108,10 @@ def speed(n_tokens: int, repeats: int) -> dict[str, float]:
         for _ in range(repeats):  # interleaved, so load from other processes hits all alike
             for name, (fn, n) in runs.items():
                 rates[name] = max(rates[name], _rate(fn, n))
-    print(f"speed: {tokens} tokens ({len(docs)} documents), layer {LAYER}, batch {BATCH}, "
-          f"best of {repeats}, {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"speed: {tokens} tokens ({len(docs)} documents), layer {LAYER}, batch {BATCH}, "
+        f"best of {repeats}, {torch.get_num_threads()} threads"
+    )
     for name, rate in rates.items():
         print(f"  {name:<22} {rate:8.0f} tokens/s")
     naive = rates["capture"] / rates["naive run_with_cache"]
@@ -117,16 +119,18 @@ def speed(n_tokens: int, repeats: int) -> dict[str, float]:
     print(f"  capture / naive        {naive:8.2f}x  (target >= 3)")
     print(f"  capture / transformers {hf:8.2f}x  (target >= 0.8)")
     paired = _paired_forward(model, batches)
-    print(f"  forward only, alternating batch by batch (robust to load): cut-off capture "
-          f"forward / truncated transformers forward {paired:.2f}x")  # fmt: skip
+    print(
+        f"  forward only, alternating batch by batch (robust to load): cut-off capture "
+        f"forward / truncated transformers forward {paired:.2f}x"
+    )
     return {**rates, "ratio_naive": naive, "ratio_transformers": hf, "ratio_forward": paired}
 
 
 def _paired_forward(model: Model, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """Speed ratio of capture's hooked, cut-off forward to the truncated transformers forward,
     timed on alternating batches so that load from other processes hits both alike."""
-    from workbench.capture import _forward, _recording
-    from workbench.hooks import Site
+    from workbench.activations.capture import _forward, _recording
+    from workbench.model.hooks import Site
 
     spent = {"capture": 0.0, "transformers": 0.0}
     with torch.inference_mode():
@@ -161,9 +165,17 @@ def memory_child(n_tokens: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result = capture(model, docs, [4, LAYER], out=Path(tmp) / "s", progress_bar=False)
         peak = _rss_kib("VmHWM")
-    print(json.dumps({"tokens": result.tokens, "shards": result.shards,
-                      "base_mib": base / 1024, "growth_mib": (peak - base) / 1024,
-                      "tokens_per_s": result.tokens_per_s}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "tokens": result.tokens,
+                "shards": result.shards,
+                "base_mib": base / 1024,
+                "growth_mib": (peak - base) / 1024,
+                "tokens_per_s": result.tokens_per_s,
+            }
+        )
+    )
 
 
 def memory(sizes: list[int]) -> None:
@@ -171,12 +183,16 @@ def memory(sizes: list[int]) -> None:
     for n in sizes:
         out = subprocess.run(
             [sys.executable, __file__, "--memory-child", str(n)],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         row = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {row['tokens']:>8} tokens  {row['shards']:>3} shards  "
-              f"model {row['base_mib']:6.0f} MiB  growth {row['growth_mib']:7.1f} MiB  "
-              f"({row['tokens_per_s']:.0f} tokens/s; target < 2048 MiB, flat)")  # fmt: skip
+        print(
+            f"  {row['tokens']:>8} tokens  {row['shards']:>3} shards  "
+            f"model {row['base_mib']:6.0f} MiB  growth {row['growth_mib']:7.1f} MiB  "
+            f"({row['tokens_per_s']:.0f} tokens/s; target < 2048 MiB, flat)"
+        )
 
 
 def main() -> None:

@@ -37,8 +37,8 @@ WIDTH = 576
 
 def write_store(path: Path, n_rows: int, width: int = WIDTH, shard_rows: int = 16384) -> Path:
     """A float16 store of ``n_rows`` synthetic rows (rank-32 signal + noise) at layer 0."""
-    from workbench.store import FORMAT, VERSION
-    from workbench.store_writer import RowBatch, StoreWriter
+    from workbench.activations.store import FORMAT, VERSION
+    from workbench.activations.writer import RowBatch, StoreWriter
 
     manifest = {
         "format": FORMAT,
@@ -94,8 +94,8 @@ def _status_mib(field: str) -> float:
 
 def pca_child(path: str) -> None:
     """Fit streaming PCA on the store at ``path``; print one JSON line (run in a fresh process)."""
-    from dictionaries.splice import fit_from_store, make_dictionary
-    from workbench.store import ActivationStore
+    from workbench.activations.store import ActivationStore
+    from workbench.decompose.fit import fit_from_store, make_dictionary
 
     store = ActivationStore.open(path)
     pca = make_dictionary("pca", 32)
@@ -233,11 +233,11 @@ FOUR: dict[str, dict[str, Any]] = {
 
 def four_dictionaries(n_docs: int, layer: int, max_tokens: int, tmp: Path) -> dict[str, Any]:
     import dictionaries
-    from dictionaries.splice import fit_from_store
-    from workbench.capture import capture
+    from workbench.activations.capture import capture
+    from workbench.activations.store import ActivationStore
     from workbench.corpora import load_corpus
-    from workbench.models import load_model
-    from workbench.store import ActivationStore
+    from workbench.decompose.fit import fit_from_store
+    from workbench.model.load import load_model
 
     model = load_model()
     docs = load_corpus("builtin:general", limit=n_docs)

@@ -4,7 +4,7 @@ Measured in one run on the default model, 64 new tokens, KV cache on, EOS ignore
 makes the same number of tokens, at batch 1 and batch 8:
 
 * ``hf generate``      transformers' own unsteered ``model.hf.generate``
-* ``ours unsteered``   :func:`workbench.generate.generate` without a plan
+* ``ours unsteered``   :func:`workbench.steer.generate.generate` without a plan
 * ``ours steered``     the same with a plan (an ActAdd front-aligned vector, and a direction at
                        every position including generated tokens)
 * ``tl generate``      TransformerLens's ``generate`` (reference)
@@ -27,10 +27,10 @@ from collections.abc import Callable
 
 import torch
 
-from workbench.generate import generate, generate_with_coefficients
-from workbench.models import DEFAULT_MODEL, Model, load_model
-from workbench.plan import PlanEntry, SteeringPlan
-from workbench.vectors import SteeringVector
+from workbench.model.load import DEFAULT_MODEL, Model, load_model
+from workbench.steer.generate import generate, generate_with_coefficients
+from workbench.steer.plan import PlanEntry, SteeringPlan
+from workbench.vectors.vector import SteeringVector
 
 PROMPT = "I hate you because"
 
@@ -88,9 +88,15 @@ def _ours(
 
     def run() -> None:
         generate(
-            model, PROMPT, plan, n=batch, max_new_tokens=tokens, stop_at_eos=False,
-            temperature=temperature, top_p=top_p,
-        )  # fmt: skip
+            model,
+            PROMPT,
+            plan,
+            n=batch,
+            max_new_tokens=tokens,
+            stop_at_eos=False,
+            temperature=temperature,
+            top_p=top_p,
+        )
 
     return run
 
@@ -182,16 +188,28 @@ def main() -> None:
 
     def batched() -> None:
         generate_with_coefficients(
-            model, PROMPT, entry, coeffs, n=1, max_new_tokens=args.tokens, temperature=0.0,
+            model,
+            PROMPT,
+            entry,
+            coeffs,
+            n=1,
+            max_new_tokens=args.tokens,
+            temperature=0.0,
             stop_at_eos=False,
-        )  # fmt: skip
+        )
 
     def separate() -> None:
         for c in coeffs:
             generate_with_coefficients(
-                model, PROMPT, entry, [c], n=1, max_new_tokens=args.tokens, temperature=0.0,
+                model,
+                PROMPT,
+                entry,
+                [c],
+                n=1,
+                max_new_tokens=args.tokens,
+                temperature=0.0,
                 stop_at_eos=False,
-            )  # fmt: skip
+            )
 
     walls, cpus = _measure({"batched": batched, "separate": separate}, max(1, args.repeats - 1))
     print(

@@ -2,9 +2,9 @@
 
 8 coefficients x 16 prompts, sampled with ActAdd's settings and the same seeds both ways:
 
-* ``batched``: what :mod:`workbench.sweep` does, one ``generate`` call for every coefficient x
-  prompt row (:func:`workbench.effects.completions`, chunked at ``--batch-size`` rows);
-* ``loop``: one :func:`workbench.generate.generate` call per coefficient (16 rows each);
+* ``batched``: what :mod:`workbench.experiments.sweep` does, one ``generate`` call for every coefficient x
+  prompt row (:func:`workbench.measure.effects.completions`, chunked at ``--batch-size`` rows);
+* ``loop``: one :func:`workbench.steer.generate.generate` call per coefficient (16 rows each);
 * ``plain``: the plain loop a user would write, one call per coefficient and prompt (batch 1).
   The issue's 3x target is against this one; ``loop`` is a harder baseline, shown beside it.
 
@@ -29,11 +29,11 @@ from typing import Any
 import torch
 
 from workbench.corpora import load_corpus
-from workbench.effects import Condition, actadd_sampling, completions, sentence_perplexities
-from workbench.generate import generate
-from workbench.models import DEFAULT_MODEL, Model, load_model
-from workbench.plan import PlanEntry, SteeringPlan
-from workbench.sources import from_prompts
+from workbench.measure.effects import Condition, actadd_sampling, completions, sentence_perplexities
+from workbench.model.load import DEFAULT_MODEL, Model, load_model
+from workbench.steer.generate import generate
+from workbench.steer.plan import PlanEntry, SteeringPlan
+from workbench.vectors.build import from_prompts
 
 COEFFS = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
 
@@ -83,25 +83,37 @@ def main() -> None:
     def loop() -> None:
         out["loop"] = [
             generate(
-                model, prompts, SteeringPlan.of(vector, c), n=1, max_new_tokens=args.tokens,
-                temperature=settings.temperature, top_p=settings.top_p,
-                freq_penalty=settings.freq_penalty, seed=settings.seed,
+                model,
+                prompts,
+                SteeringPlan.of(vector, c),
+                n=1,
+                max_new_tokens=args.tokens,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                freq_penalty=settings.freq_penalty,
+                seed=settings.seed,
             ).texts
             for c in COEFFS
-        ]  # fmt: skip
+        ]
 
     def plain() -> None:
         out["plain"] = [
             [
                 generate(
-                    model, [p], SteeringPlan.of(vector, c), n=1, max_new_tokens=args.tokens,
-                    temperature=settings.temperature, top_p=settings.top_p,
-                    freq_penalty=settings.freq_penalty, seed=settings.seed,
+                    model,
+                    [p],
+                    SteeringPlan.of(vector, c),
+                    n=1,
+                    max_new_tokens=args.tokens,
+                    temperature=settings.temperature,
+                    top_p=settings.top_p,
+                    freq_penalty=settings.freq_penalty,
+                    seed=settings.seed,
                 ).texts[0]
                 for p in prompts
             ]
             for c in COEFFS
-        ]  # fmt: skip
+        ]
 
     def score_batched() -> None:
         sentence_perplexities(model, [entry], conds, sentences, batch_size=args.batch_size)

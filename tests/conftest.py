@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.models import Model, load_model
+from workbench.model.load import Model, load_model
 from workbench.testing import make_tiny_model
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from workbench.cli import main
-from workbench.models import Model
+from workbench.model.load import Model
 
 
 def test_demo_quick_end_to_end(

@@ -18,17 +18,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.capture import capture
-from workbench.compose import ComposeItem, run_compose
+from workbench.activations.capture import capture
+from workbench.activations.store import ActivationStore
 from workbench.corpora import load_corpus
-from workbench.effects import MeasureSpec, actadd_sampling, default_effect, target_set
+from workbench.experiments.compose import ComposeItem, run_compose
+from workbench.experiments.sweep import SweepConfig, run_sweep
 from workbench.io import write_json
-from workbench.models import DEFAULT_MODEL, Model, load_model
-from workbench.report import write_report
-from workbench.sources import from_prompts, random_like
-from workbench.store import ActivationStore
-from workbench.sweep import SweepConfig, run_sweep
-from workbench.text_metrics import WEDDING_WORDS
+from workbench.measure.effects import MeasureSpec, actadd_sampling, default_effect, target_set
+from workbench.measure.text_metrics import WEDDING_WORDS
+from workbench.model.load import DEFAULT_MODEL, Model, load_model
+from workbench.report.write import write_run
+from workbench.vectors.build import from_prompts, random_like
 
 LOVE_WORDS = ("love", "loving", "loved", "happy", "kind", "wonderful", "friend")
 Log = Callable[[str], None]
@@ -58,10 +58,22 @@ class DemoSettings:
     @classmethod
     def quick(cls) -> DemoSettings:
         return cls(
-            n_general=12, n_contrast=4, capture_max_tokens=24, pca_k=3, sae_latents=16,
-            sae_steps=20, probe_prompts=2, probe_texts=2, coeffs=[0, 2, 64], n_prompts=2,
-            n_samples=1, max_new_tokens=4, n_sentences=3, n_neutral=3, n_compose_texts=2,
-        )  # fmt: skip
+            n_general=12,
+            n_contrast=4,
+            capture_max_tokens=24,
+            pca_k=3,
+            sae_latents=16,
+            sae_steps=20,
+            probe_prompts=2,
+            probe_texts=2,
+            coeffs=[0, 2, 64],
+            n_prompts=2,
+            n_samples=1,
+            max_new_tokens=4,
+            n_sentences=3,
+            n_neutral=3,
+            n_compose_texts=2,
+        )
 
 
 class _Stages:
@@ -122,9 +134,9 @@ def _discover(
     model: Model, pca: Any, store: ActivationStore, layer: int, s: DemoSettings, out: Path
 ) -> tuple[list[dict[str, Any]], str]:
     try:
-        from dictionaries.discover import ProbeSettings, discover
+        from workbench.decompose.discover import ProbeSettings, discover
     except ImportError:
-        return [], "discovery skipped: dictionaries.discover is not available in this build"
+        return [], "discovery skipped: workbench.decompose.discover is not available in this build"
     probe = ProbeSettings(
         n_prompts=s.probe_prompts, n_damage=s.probe_texts, max_new_tokens=s.max_new_tokens // 2 or 1
     )
@@ -162,10 +174,16 @@ def run_demo(
         texts += load_corpus("builtin:loving", limit=s.n_contrast)
         texts += load_corpus("builtin:hateful", limit=s.n_contrast)
         res = capture(
-            model, texts, [dict_layer], site="resid_pre", positions="all",
-            max_tokens=s.capture_max_tokens, out=folder / "acts", overwrite=True,
+            model,
+            texts,
+            [dict_layer],
+            site="resid_pre",
+            positions="all",
+            max_tokens=s.capture_max_tokens,
+            out=folder / "acts",
+            overwrite=True,
             progress_bar=False,
-        )  # fmt: skip
+        )
         store = ActivationStore.open(folder / "acts")
         row["summary"] = (
             f"{res.docs} docs, {res.rows} rows at layer {dict_layer} ({res.tokens_per_s:.0f} tok/s)"
@@ -220,10 +238,17 @@ def run_demo(
         )
         effect = default_effect(spec, "on_target")
         sweep = run_sweep(
-            model, wedding, SweepConfig(s.coeffs, [steer_layer], attention_prompts=2), spec, effect,
-            out=folder / "sweep", overwrite=True, label="' wedding' - ' '",
+            model,
+            wedding,
+            SweepConfig(s.coeffs, [steer_layer], attention_prompts=2),
+            spec,
+            effect,
+            out=folder / "sweep",
+            overwrite=True,
+            label="' wedding' - ' '",
             log=lambda m: log("      " + m),
-        )  # fmt: skip
+        )
+        write_run(folder / "sweep", sweep)
         data["sweep"] = sweep
         ov = sweep["overshoot"][0]
         row["summary"] = f"onset {ov['onset']}, best {ov['best']}, breakdown {ov['breakdown']}"
@@ -231,9 +256,17 @@ def run_demo(
     with st.stage("compose two vectors at two layers") as row:
         c_love, c_wed = s.compose_coeffs
         items = [
-            ComposeItem(love, c_love, steer_layer, "'Love' - 'Hate'", target_set(model, LOVE_WORDS, "love")),
-            ComposeItem(wedding, c_wed, layer2, "' wedding' - ' '", target_set(model, WEDDING_WORDS, "wedding")),
-        ]  # fmt: skip
+            ComposeItem(
+                love, c_love, steer_layer, "'Love' - 'Hate'", target_set(model, LOVE_WORDS, "love")
+            ),
+            ComposeItem(
+                wedding,
+                c_wed,
+                layer2,
+                "' wedding' - ' '",
+                target_set(model, WEDDING_WORDS, "wedding"),
+            ),
+        ]
         cspec = MeasureSpec(
             prompts=["I hate you because", "I went up to my friend and said"] + neutral[1:3],
             targets=[it.targets for it in items if it.targets is not None],
@@ -250,10 +283,8 @@ def run_demo(
         data["findings"] = findings(data)
         data["notes"] = notes + sweep.get("notes", []) + comp.get("notes", [])
         data["stages"] = st.rows + [{"stage": "write the report", "seconds": 0.0}]
-        write_json(folder / "demo.json", data)
-        report = write_report(data, folder / "report.html")
-        data["files"] = {"json": str(folder / "demo.json"), "report": str(report)}
-        row["summary"] = f"report at {report}"
+        data["files"] = write_run(folder, data)
+        row["summary"] = f"report at {data['files']['report']}"
     data["stages"] = st.rows
     data["total_seconds"] = round(time.perf_counter() - st.start, 1)
     data["total_cpu_seconds"] = round(time.process_time() - st.cpu_start, 1)

@@ -1,7 +1,7 @@
 """Tiny randomly initialised models for tests, benchmarks and offline demos.
 
 ``make_tiny_model(folder, arch="llama")`` writes a complete transformers model folder (config,
-random weights, a small byte-level BPE tokenizer) that :func:`workbench.models.load_model` loads
+random weights, a small byte-level BPE tokenizer) that :func:`workbench.model.load.load_model` loads
 like any local model. It needs no network.
 """
 

@@ -8,10 +8,10 @@ import streamlit as st
 
 from app import results, state
 from app.widgets import attempt
-from workbench.capture import POSITIONS, CaptureProgress, capture
+from workbench.activations.capture import POSITIONS, CaptureProgress, capture
+from workbench.activations.store import ActivationStore
 from workbench.corpora import load_corpus
-from workbench.hooks import SITE_KINDS
-from workbench.store import ActivationStore
+from workbench.model.hooks import SITE_KINDS
 
 st.title("Model and data")
 
@@ -54,9 +54,12 @@ if kind == "Built-in":
     described = results.corpora()
     names = list(described)
     name = st.selectbox(
-        "Built-in corpus", names, index=names.index("general"),
-        format_func=lambda c: f"{c}: {described[c]}", key="data_builtin",
-    )  # fmt: skip
+        "Built-in corpus",
+        names,
+        index=names.index("general"),
+        format_func=lambda c: f"{c}: {described[c]}",
+        key="data_builtin",
+    )
     spec = f"builtin:{name}"
 elif kind == "Upload text":
     upload = st.file_uploader(
@@ -106,10 +109,18 @@ if st.button("Capture", type="primary", disabled=spec is None, key="data_capture
     result = None
     if docs is not None:
         result = attempt(
-            capture, model, docs, layers, site=site, positions=positions,
-            max_tokens=int(max_tokens), out=out, overwrite=overwrite, progress=show,
+            capture,
+            model,
+            docs,
+            layers,
+            site=site,
+            positions=positions,
+            max_tokens=int(max_tokens),
+            out=out,
+            overwrite=overwrite,
+            progress=show,
             progress_bar=False,
-        )  # fmt: skip
+        )
     if result is not None:
         bar.progress(1.0, text="Done")
         st.session_state[state.STORE_PATH] = str(result.path)

@@ -10,8 +10,8 @@ import streamlit as st
 import dictionaries
 from app import results, state
 from app.widgets import attempt, marked_context_html, token_chips
-from dictionaries.inspect import LENS_RANKS, ComponentReport
-from workbench.store import ActivationStore
+from workbench.activations.store import ActivationStore
+from workbench.decompose.inspect import LENS_RANKS, ComponentReport
 
 FITTED = "decompose_fitted"  # session: {"store", "layer", "method", "k"}
 CANDIDATES = "decompose_candidates"  # session: the latest Discovery
@@ -43,16 +43,24 @@ methods = dictionaries.available()
 method = c2.selectbox("Method", methods, index=methods.index("pca"), key="dec_method")
 k = int(c3.number_input("Components (k)", 1, store.d_model, min(8, store.d_model), key="dec_k"))
 params = c4.text_input(
-    "Hyperparameters", METHOD_PARAMS.get(method, ""), key=f"dec_params_{method}",
+    "Hyperparameters",
+    METHOD_PARAMS.get(method, ""),
+    key=f"dec_params_{method}",
     help="key=value, comma-separated (as `workbench decompose --param`), e.g. alpha=0.5",
-)  # fmt: skip
+)
 
 if st.button("Fit", type="primary", key="dec_fit"):
     with st.spinner(f"Fitting {method} with k={k} (10% of documents held out)…"):
         fitted = attempt(results.fit_dictionary, store_path, stamp, layer, method, k, params)
     if fitted is not None:
-        st.session_state[FITTED] = {"store": store_path, "layer": layer, "method": method, "k": k,
-                                    "params": params, "stamp": stamp}  # fmt: skip
+        st.session_state[FITTED] = {
+            "store": store_path,
+            "layer": layer,
+            "method": method,
+            "k": k,
+            "params": params,
+            "stamp": stamp,
+        }
         st.session_state.pop(CANDIDATES, None)
 
 spec = st.session_state.get(FITTED)
@@ -91,9 +99,12 @@ if evr is not None:
     fig.add_bar(x=idx, y=list(evr), name="per component")
     fig.add_scatter(x=idx, y=list(evr.cumsum()), name="cumulative", mode="lines+markers")
     fig.update_layout(
-        title="Explained variance ratio", xaxis_title="component", yaxis_title="fraction",
-        height=300, margin={"t": 40, "b": 30},
-    )  # fmt: skip
+        title="Explained variance ratio",
+        xaxis_title="component",
+        yaxis_title="fraction",
+        height=300,
+        margin={"t": 40, "b": 30},
+    )
     st.plotly_chart(fig, key="dec_evr")
 else:
     st.caption(f"Per-component explained variance is defined for PCA, not {method_name}.")
@@ -108,17 +119,29 @@ def _map_figure(points: Any) -> go.Figure:
         for cat in sorted(set(points.colour)):
             sel = [i for i, c in enumerate(points.colour) if c == cat]
             fig.add_scattergl(
-                x=xy[sel, 0], y=xy[sel, 1], mode="markers", name=str(cat),
-                text=[points.labels[i] for i in sel], marker={"size": 5},
-            )  # fmt: skip
+                x=xy[sel, 0],
+                y=xy[sel, 1],
+                mode="markers",
+                name=str(cat),
+                text=[points.labels[i] for i in sel],
+                marker={"size": 5},
+            )
     else:
         fig.add_scattergl(
-            x=xy[:, 0], y=xy[:, 1], mode="markers", text=points.labels,
-            marker={"size": 5, "color": points.colour, "colorscale": "Viridis",
-                    "colorbar": {"title": points.colour_name}},
-        )  # fmt: skip
-    fig.update_layout(height=460, margin={"t": 30, "b": 10}, title=f"coloured by "
-                      f"{points.colour_name}")  # fmt: skip
+            x=xy[:, 0],
+            y=xy[:, 1],
+            mode="markers",
+            text=points.labels,
+            marker={
+                "size": 5,
+                "color": points.colour,
+                "colorscale": "Viridis",
+                "colorbar": {"title": points.colour_name},
+            },
+        )
+    fig.update_layout(
+        height=460, margin={"t": 30, "b": 10}, title=f"coloured by {points.colour_name}"
+    )
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     return fig
@@ -139,9 +162,16 @@ with st.expander("UMAP map of activations", expanded=False):
         doc_labels = [x.strip() for x in labels_text.splitlines()] if labels_text else None
         with st.spinner("Running UMAP (the first map in a process compiles numba code)…"):
             points = attempt(
-                results.activation_map, store_path, stamp, layer, colour, dictionary, comp,
-                n_points, tuple(doc_labels) if doc_labels else None,
-            )  # fmt: skip
+                results.activation_map,
+                store_path,
+                stamp,
+                layer,
+                colour,
+                dictionary,
+                comp,
+                n_points,
+                tuple(doc_labels) if doc_labels else None,
+            )
         if points is not None:
             st.plotly_chart(_map_figure(points), key="dec_umap_plot")
 
@@ -149,14 +179,19 @@ with st.expander("UMAP map of activations", expanded=False):
 
 st.subheader("Components")
 lens_rank = st.radio(
-    "Logit lens ranks tokens by", LENS_RANKS, index=LENS_RANKS.index("cosine"), horizontal=True,
+    "Logit lens ranks tokens by",
+    LENS_RANKS,
+    index=LENS_RANKS.index("cosine"),
+    horizontal=True,
     key="dec_lens_rank",
     help="cosine reads past the few tokens with very long unembeddings that top every logit list",
-)  # fmt: skip
+)
 shown = st.multiselect(
-    "Components to inspect", list(range(dictionary.n_components_)),
-    default=list(range(min(4, dictionary.n_components_))), key="dec_cards",
-)  # fmt: skip
+    "Components to inspect",
+    list(range(dictionary.n_components_)),
+    default=list(range(min(4, dictionary.n_components_))),
+    key="dec_cards",
+)
 
 
 def _send(label: str, vector: Any, coeff: float | None = None) -> None:
@@ -174,8 +209,11 @@ def _send(label: str, vector: Any, coeff: float | None = None) -> None:
 
 def _card(r: ComponentReport) -> None:
     with st.container(border=True):
-        evr_text = "" if r.explained_variance_ratio is None else (
-            f" · {r.explained_variance_ratio:.1%} of variance")  # fmt: skip
+        evr_text = (
+            ""
+            if r.explained_variance_ratio is None
+            else (f" · {r.explained_variance_ratio:.1%} of variance")
+        )
         st.markdown(f"**Component {r.index}**{evr_text}")
         left, mid, right = st.columns([2, 3, 2])
         if r.lens is not None:
@@ -187,10 +225,19 @@ def _card(r: ComponentReport) -> None:
             mid.markdown("Most negative contexts")
             mid.html("<br>".join(marked_context_html(c.left, c.token, c.right) for c in r.bottom))
         h = r.histogram
-        fig = go.Figure(go.Bar(x=[(a + b) / 2 for a, b in zip(h.edges[:-1], h.edges[1:], strict=True)],
-                               y=h.counts, marker_color="#6366f1"))  # fmt: skip
-        fig.update_layout(height=180, margin={"t": 10, "b": 10, "l": 10, "r": 10},
-                          xaxis_title="activation", yaxis_title="rows")  # fmt: skip
+        fig = go.Figure(
+            go.Bar(
+                x=[(a + b) / 2 for a, b in zip(h.edges[:-1], h.edges[1:], strict=True)],
+                y=h.counts,
+                marker_color="#6366f1",
+            )
+        )
+        fig.update_layout(
+            height=180,
+            margin={"t": 10, "b": 10, "l": 10, "r": 10},
+            xaxis_title="activation",
+            yaxis_title="rows",
+        )
         right.plotly_chart(fig, key=f"dec_hist_{r.index}")
         b1, b2 = right.columns(2)
         for sign, col in ((1, b1), (-1, b2)):
@@ -205,9 +252,15 @@ def _card(r: ComponentReport) -> None:
 if shown:
     with st.spinner("Reading top contexts, histograms and logit lens…"):
         reports = attempt(
-            results.component_reports, model.name, dictionary, store_path, stamp, layer,
-            tuple(int(i) for i in shown), lens_rank,
-        )  # fmt: skip
+            results.component_reports,
+            model.name,
+            dictionary,
+            store_path,
+            stamp,
+            layer,
+            tuple(int(i) for i in shown),
+            lens_rank,
+        )
     for report in reports or []:
         _card(report)
 
@@ -230,13 +283,28 @@ found = st.session_state.get(CANDIDATES)
 if found is not None:
     rows = found.to_json()["candidates"]
     st.dataframe(
-        [{k: c[k] for k in ("label", "score", "effect", "damage", "ppl_ratio", "top_tokens",
-                            "completion")} for c in rows],
-        hide_index=True, key="dec_table",
-    )  # fmt: skip
+        [
+            {
+                k: c[k]
+                for k in (
+                    "label",
+                    "score",
+                    "effect",
+                    "damage",
+                    "ppl_ratio",
+                    "top_tokens",
+                    "completion",
+                )
+            }
+            for c in rows
+        ],
+        hide_index=True,
+        key="dec_table",
+    )
     names = [c.label for c in found.candidates]
-    pick = st.selectbox("Candidate", range(len(names)), format_func=lambda i: names[i],
-                        key="dec_pick")  # fmt: skip
+    pick = st.selectbox(
+        "Candidate", range(len(names)), format_func=lambda i: names[i], key="dec_pick"
+    )
     if st.button("Send to steering", type="primary", key="dec_send"):
         cand = found.candidates[pick]
         _send(f"{method_name}{cand.name}@{layer}", cand.vector, found.settings.scale)

@@ -11,9 +11,9 @@ import streamlit as st
 from app import results, state
 from app.vector_picker import vector_picker
 from app.widgets import attempt, completion_box, preset, token_passage_html
-from workbench.plan import POSITIONS, PlanEntry, SteeringPlan
-from workbench.sampling import ACTADD
-from workbench.vectors import UNITS
+from workbench.steer.plan import POSITIONS, PlanEntry, SteeringPlan
+from workbench.steer.sampling import ACTADD
+from workbench.vectors.vector import UNITS
 
 LAST = "steer_last"  # session key: the latest run (plan, vector, label, result)
 
@@ -26,18 +26,23 @@ st.subheader("Vector")
 preset("steer_layer", max(0, model.n_layers // 5))
 layer = int(
     st.number_input(
-        "Layer", min_value=0, max_value=model.n_layers - 1, key="steer_layer",
+        "Layer",
+        min_value=0,
+        max_value=model.n_layers - 1,
+        key="steer_layer",
         help="where the vector is built and added (residual stream before the block)",
     )
-)  # fmt: skip
+)
 sent = st.session_state.get(state.SEND_TO_STEER)
 choice = vector_picker(
     model, "steer_vec", layer, default="Kept or discovered" if sent in state.library() else None
 )
 own_layers = choice.made_at is None and not st.checkbox(
-    "Move it to the layer above", value=False, key="steer_move",
+    "Move it to the layer above",
+    value=False,
+    key="steer_move",
     help="saved and kept vectors are applied at their own layer unless moved",
-)  # fmt: skip
+)
 
 # --------------------------------------------------------------------------- the plan
 
@@ -46,16 +51,23 @@ c1, c2, c3 = st.columns([1, 3, 1])
 preset("steer_units", "raw")
 preset("steer_coeff_raw", 5.0)
 preset("steer_coeff_norm", 1.0)
-units = c1.radio("Units", UNITS, horizontal=True, key="steer_units",
-                 help="raw: multiplies the vector; norm: added norm / the layer's mean norm")  # fmt: skip
+units = c1.radio(
+    "Units",
+    UNITS,
+    horizontal=True,
+    key="steer_units",
+    help="raw: multiplies the vector; norm: added norm / the layer's mean norm",
+)
 if units == "raw":
     coeff = c2.slider("Coefficient", -30.0, 30.0, step=0.5, key="steer_coeff_raw")
 else:
     coeff = c2.slider("Coefficient", -4.0, 4.0, step=0.05, key="steer_coeff_norm")
 position = c3.selectbox(
-    "Position", ["default", *POSITIONS], key="steer_position",
+    "Position",
+    ["default", *POSITIONS],
+    key="steer_position",
     help="front/middle/back: a prompt window (aligned vectors); all: every position",
-)  # fmt: skip
+)
 
 # --------------------------------------------------------------------------- prompt, sampling
 
@@ -82,16 +94,32 @@ def run_steer() -> dict[str, Any]:
     """Build the vector and the one-entry plan, and generate both columns (all library)."""
     vector = choice.build()
     entry = PlanEntry(
-        vector, float(coeff), layers=None if own_layers else [layer],
-        position=None if position == "default" else position, units=units, label=choice.label,
-    )  # fmt: skip
+        vector,
+        float(coeff),
+        layers=None if own_layers else [layer],
+        position=None if position == "default" else position,
+        units=units,
+        label=choice.label,
+    )
     plan = SteeringPlan([entry])
     out = results.steer(
-        model.name, plan, prompt, n=n, seed=seed, max_new_tokens=new_tokens,
-        temperature=float(temperature), top_p=float(top_p), freq_penalty=float(freq_penalty),
-    )  # fmt: skip
-    return {"plan": plan, "vector": vector, "label": choice.label, "result": out,
-            "model": model.name}  # fmt: skip
+        model.name,
+        plan,
+        prompt,
+        n=n,
+        seed=seed,
+        max_new_tokens=new_tokens,
+        temperature=float(temperature),
+        top_p=float(top_p),
+        freq_penalty=float(freq_penalty),
+    )
+    return {
+        "plan": plan,
+        "vector": vector,
+        "label": choice.label,
+        "result": out,
+        "model": model.name,
+    }
 
 
 if st.button("Steer", type="primary", key="steer_go"):
@@ -131,11 +159,17 @@ if last and last["model"] == model.name:
     passage = st.text_area("Passage", value=default_passage, key=f"steer_passage_{tag}")
     fx = attempt(results.token_effects, model.name, last["plan"], passage)
     if fx is not None:
-        st.html(token_passage_html(
-            fx.tokens, fx.delta, prefix=fx.prefix,
-            details=[f"{d:+.2f} nats (steered {s:.2f}, unsteered {u:.2f})"
-                     for d, s, u in zip(fx.delta, fx.steered, fx.unsteered, strict=True)],
-        ))  # fmt: skip
+        st.html(
+            token_passage_html(
+                fx.tokens,
+                fx.delta,
+                prefix=fx.prefix,
+                details=[
+                    f"{d:+.2f} nats (steered {s:.2f}, unsteered {u:.2f})"
+                    for d, s, u in zip(fx.delta, fx.steered, fx.unsteered, strict=True)
+                ],
+            )
+        )
         st.caption(
             "Each token's log-probability under steering minus unsteered: green up, red down "
             f"(hover for numbers). Mean change {fx.mean_delta:+.3f} nats per token."
@@ -146,10 +180,12 @@ if last and last["model"] == model.name:
             hide_index=True,
         )
         down.dataframe(
-            {"token": [t for t, _ in fx.top(5, largest=False)],
-             "change": [d for _, d in fx.top(5, largest=False)]},
+            {
+                "token": [t for t, _ in fx.top(5, largest=False)],
+                "change": [d for _, d in fx.top(5, largest=False)],
+            },
             hide_index=True,
-        )  # fmt: skip
+        )
 
     st.subheader("Keep this vector")
     k1, k2, k3 = st.columns([3, 1, 1], vertical_alignment="bottom")

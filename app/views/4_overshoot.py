@@ -12,10 +12,10 @@ from app import results, state
 from app.measure_inputs import measure_inputs
 from app.vector_picker import vector_picker
 from app.widgets import attempt, completion_box, preset
-from workbench.effects import EFFECT_KINDS
-from workbench.plan import POSITIONS
-from workbench.plots import sweep_figures
-from workbench.vectors import UNITS
+from workbench.measure.effects import EFFECT_KINDS
+from workbench.report.plots import sweep_figures
+from workbench.steer.plan import POSITIONS
+from workbench.vectors.vector import UNITS
 
 LAST = "overshoot_last"
 EFFECT_NAMES = {
@@ -65,10 +65,19 @@ opts = measure_inputs("ov", on_target=effect_kind == "on_target")
 def run_sweep() -> dict[str, Any]:
     vector = choice.build()
     return results.sweep(
-        model.name, vector, choice.label, coeffs, layer, units,
-        None if position == "default" else position, opts, effect_kind, words, decrease,
+        model.name,
+        vector,
+        choice.label,
+        coeffs,
+        layer,
+        units,
+        None if position == "default" else position,
+        opts,
+        effect_kind,
+        words,
+        decrease,
         (float(max_ppl), float(min_distinct)),
-    )  # fmt: skip
+    )
 
 
 if st.button("Run sweep", type="primary", key="ov_go"):
@@ -106,13 +115,17 @@ fig = go.Figure()
 fig.add_scatter(x=cs, y=diag["norm_ratio"], mode="lines+markers", name="|added| / residual norm")
 if diag.get("attn_to_steered"):
     fig.add_scatter(
-        x=cs, y=diag["attn_to_steered"], mode="lines+markers", name="attention to steered",
+        x=cs,
+        y=diag["attn_to_steered"],
+        mode="lines+markers",
+        name="attention to steered",
         yaxis="y2",
-    )  # fmt: skip
+    )
     fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": "attention share"})
 fig.add_hline(y=1.0, line_dash="dot", annotation_text="vector = stream")
-fig.update_layout(height=300, xaxis_title="coefficient", yaxis_title="norm ratio",
-                  margin={"t": 20, "b": 30})  # fmt: skip
+fig.update_layout(
+    height=300, xaxis_title="coefficient", yaxis_title="norm ratio", margin={"t": 20, "b": 30}
+)
 st.plotly_chart(fig, key="ov_norms")
 st.write(f"**Diagnosis:** {diag['why']}.")
 
@@ -132,11 +145,19 @@ for s in data["samples"]:
 
 st.subheader("Controls")
 for ctl in data["controls"]["by_layer"]:
-    rows = [{"run": "vector", "effect": ctl["vector"]["effect"]["value"]},
-            {"run": f"random (seed {ctl['random']['seed']})",
-             "effect": ctl["random"]["effect"]["value"]}]  # fmt: skip
+    rows = [
+        {"run": "vector", "effect": ctl["vector"]["effect"]["value"]},
+        {
+            "run": f"random (seed {ctl['random']['seed']})",
+            "effect": ctl["random"]["effect"]["value"],
+        },
+    ]
     if ctl.get("injection"):
-        rows.append({"run": f"injection {ctl['injection']['text']!r}",
-                     "effect": ctl["injection"]["effect"]["value"]})  # fmt: skip
+        rows.append(
+            {
+                "run": f"injection {ctl['injection']['text']!r}",
+                "effect": ctl["injection"]["effect"]["value"],
+            }
+        )
     st.caption(f"At coefficient {ctl['coeff']:g} ({ctl['reference']}):")
     st.dataframe(rows, hide_index=True)

@@ -10,9 +10,9 @@ from app import results, state
 from app.measure_inputs import measure_inputs
 from app.vector_picker import vector_picker
 from app.widgets import attempt, completion_box, preset
-from workbench.compose import cosines
-from workbench.plots import compose_figures
-from workbench.vectors import UNITS
+from workbench.experiments.compose import cosines
+from workbench.report.plots import compose_figures
+from workbench.vectors.vector import UNITS
 
 LAST = "compose_last"
 METRICS = ("sentiment", "target words")
@@ -43,15 +43,25 @@ if st.button("Add to plan", key="cmp_add"):
     vector = attempt(choice.build)
     if vector is not None:
         label = f"v{len(rows) + 1}: {choice.label}"
-        rows.append({"label": label, "vector": vector, "layer": layer, "coeff": coeff,
-                     "metric": metric, "words": words})  # fmt: skip
+        rows.append(
+            {
+                "label": label,
+                "vector": vector,
+                "layer": layer,
+                "coeff": coeff,
+                "metric": metric,
+                "words": words,
+            }
+        )
 
 # --------------------------------------------------------------------------- the plan
 
 st.subheader("Plan")
 if not rows:
-    st.info("Add at least two vectors (e.g. 'Love'−'Hate' at one layer and ' wedding'−' ' at "
-            "another, as in ActAdd).")  # fmt: skip
+    st.info(
+        "Add at least two vectors (e.g. 'Love'−'Hate' at one layer and ' wedding'−' ' at "
+        "another, as in ActAdd)."
+    )
     st.stop()
 for i, r in enumerate(rows):
     a, b = st.columns([6, 1], vertical_alignment="center")
@@ -68,16 +78,22 @@ if len(rows) >= 2:
     if cos is not None:
         st.caption("Cosine similarity where vectors share a layer (blank: different layers)")
         st.dataframe(
-            [{"vector": a["label"], **{b["label"]: v for b, v in zip(rows, line, strict=True)}}
-             for a, line in zip(rows, cos, strict=True)],
-            hide_index=True, key="cmp_cos_table",
-        )  # fmt: skip
+            [
+                {"vector": a["label"], **{b["label"]: v for b, v in zip(rows, line, strict=True)}}
+                for a, line in zip(rows, cos, strict=True)
+            ],
+            hide_index=True,
+            key="cmp_cos_table",
+        )
 
 c1, c2, c3 = st.columns(3)
 units = c1.radio("Units", UNITS, horizontal=True, key="cmp_units")
 orthogonalize = c2.checkbox("Orthogonalize vectors at a shared layer", key="cmp_orth")
-sampled = c3.checkbox("Count target words in completions", key="cmp_sampled",
-                      help="instead of the next-token log-prob shift of the target words")  # fmt: skip
+sampled = c3.checkbox(
+    "Count target words in completions",
+    key="cmp_sampled",
+    help="instead of the next-token log-prob shift of the target words",
+)
 opts = measure_inputs("cmp")
 
 if st.button("Measure the composition", type="primary", key="cmp_go"):

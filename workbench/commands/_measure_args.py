@@ -4,45 +4,24 @@ which texts. Numbers are parsed here (not by argparse) so a bad value is a one-l
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
-from workbench.effects import (
+from workbench.errors import check
+from workbench.experiments.overshoot import OvershootThresholds
+from workbench.measure.effects import (
     DEFAULT_NEUTRAL,
     DEFAULT_OFF_TARGET,
     DEFAULT_PROMPTS,
     EFFECT_KINDS,
-    MeasureSpec,
     Targets,
-    load_texts,
     parse_words,
     target_set,
 )
-from workbench.errors import WorkbenchError, check
-from workbench.models import Model
-from workbench.overshoot import OvershootThresholds
-from workbench.sampling import ACTADD, Sampling
-from workbench.vectors import SteeringVector
-
-
-def number(text: str | float, flag: str) -> float:
-    """``text`` as a finite float, or a one-line error naming ``flag``."""
-    try:
-        x = float(text)
-    except (TypeError, ValueError):
-        raise WorkbenchError(f"{flag} {text!r} is not a number") from None
-    check(math.isfinite(x), f"{flag} {text} is not a finite number")
-    return x
-
-
-def integer(text: str | int, flag: str, minimum: int = 0) -> int:
-    try:
-        x = int(text)
-    except (TypeError, ValueError):
-        raise WorkbenchError(f"{flag} {text!r} is not a whole number") from None
-    check(x >= minimum, f"{flag} must be at least {minimum}, got {x}")
-    return x
+from workbench.model.load import Model
+from workbench.parse import number
+from workbench.steer.sampling import ACTADD
+from workbench.vectors.vector import SteeringVector
 
 
 def load_vector(path: str) -> SteeringVector:
@@ -79,10 +58,12 @@ def add_effect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-words", default=None, help="comma-separated target words")
     parser.add_argument("--score", choices=("sentiment",), default=None, help="VADER sentiment")
     parser.add_argument(
-        "--effect", choices=EFFECT_KINDS, default=None,
+        "--effect",
+        choices=EFFECT_KINDS,
+        default=None,
         help="which measure is the effect (default: the first of target_words, target_logprob, "
         "sentiment, on_target that is measured)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--decrease", action="store_true", help="the wanted effect lowers the measure"
     )
@@ -99,33 +80,6 @@ def thresholds(args: argparse.Namespace) -> OvershootThresholds:
     return OvershootThresholds(
         max_ppl_ratio=number(args.max_ppl_ratio, "--max-ppl-ratio"),
         min_distinct_ratio=number(args.min_distinct_ratio, "--min-distinct-ratio"),
-    )
-
-
-def build_spec(args: argparse.Namespace, targets: list[Targets], *, sentiment: bool) -> MeasureSpec:
-    """The :class:`MeasureSpec` the text options describe."""
-    n_sent = integer(args.n_sentences, "--n-sentences", 1)
-    n = integer(args.n, "--n", 0)
-    settings = Sampling(
-        max_new_tokens=integer(args.max_new_tokens, "--max-new-tokens", 1),
-        temperature=number(args.temperature, "--temperature"),
-        top_p=number(args.top_p, "--top-p"),
-        freq_penalty=number(args.freq_penalty, "--freq-penalty"),
-        seed=integer(args.seed, "--seed", 0),
-    )
-    n_prompts = integer(args.n_prompts, "--n-prompts", 1)
-    need_prompts = n > 0 or bool(targets)
-    return MeasureSpec(
-        prompts=load_texts(args.prompts, "--prompts", n_prompts) if need_prompts else [],
-        targets=targets,
-        sentiment=sentiment,
-        on_target=load_texts(args.on_target, "--on-target", n_sent) if args.on_target else [],
-        off_target=load_texts(args.off_target, "--off-target", n_sent) if args.off_target else [],
-        neutral=load_texts(args.neutral, "--neutral", integer(args.n_neutral, "--n-neutral", 1)),
-        n=n,
-        sampling=settings,
-        batch_size=integer(args.batch_size, "--batch-size", 1),
-        boot_seed=settings.seed,
     )
 
 

@@ -9,6 +9,7 @@ opening a browser.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import subprocess
@@ -27,13 +28,14 @@ ENV_DIR = "WORKBENCH_APP_DIR"
 
 def main_script() -> Path:
     """Path of the dashboard's entry script, ``app/main.py``."""
-    try:
-        import app
-    except ImportError as e:
+    # Found, not imported: the dashboard runs in its own Streamlit process, and the CLI sits
+    # beside the app in the layering, not above it.
+    spec = importlib.util.find_spec("app")
+    if spec is None or spec.origin is None:
         raise WorkbenchError(
             "the dashboard package 'app' is not installed; reinstall with `pip install -e .`"
-        ) from e
-    return Path(app.__file__).resolve().parent / "main.py"
+        )
+    return Path(spec.origin).resolve().parent / "main.py"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,13 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine)"
     )
     parser.add_argument(
-        "--model", default=None, help=f"model preselected in the app (default: ${ENV_MODEL} or "
-        "the embedded default)",
-    )  # fmt: skip
+        "--model",
+        default=None,
+        help=f"model preselected in the app (default: ${ENV_MODEL} or the embedded default)",
+    )
     parser.add_argument(
-        "--workdir", default=None, help=f"folder for captures and vectors (default runs/app; "
-        f"${ENV_DIR})",
-    )  # fmt: skip
+        "--workdir",
+        default=None,
+        help=f"folder for captures and vectors (default runs/app; ${ENV_DIR})",
+    )
 
 
 def streamlit_command(args: argparse.Namespace) -> list[str]:
@@ -56,14 +60,24 @@ def streamlit_command(args: argparse.Namespace) -> list[str]:
     if not 1 <= args.port <= 65535:
         raise WorkbenchError(f"--port {args.port} is not a port number; give 1..65535")
     return [
-        sys.executable, "-m", "streamlit", "run", str(main_script()),
-        "--server.address", args.host,
-        "--server.port", str(args.port),
-        "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-        "--global.developmentMode", "false",
-        "--client.toolbarMode", "minimal",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(main_script()),
+        "--server.address",
+        args.host,
+        "--server.port",
+        str(args.port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--global.developmentMode",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+    ]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

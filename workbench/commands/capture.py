@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from workbench.capture import DEFAULT_SHARD_ROWS, POSITIONS, capture
+from workbench.activations.capture import DEFAULT_SHARD_ROWS, POSITIONS, capture
+from workbench.activations.writer import check_destination
 from workbench.errors import WorkbenchError
-from workbench.hooks import SITE_KINDS
-from workbench.models import DEFAULT_MODEL, load_model
-from workbench.store_writer import check_destination
+from workbench.model.hooks import SITE_KINDS
+from workbench.model.load import DEFAULT_MODEL, load_model
 
 NAME = "capture"
 HELP = "capture activations over a corpus into a store on disk"

@@ -1,6 +1,6 @@
 """``workbench compose``: do several vectors keep their effects when applied together?
 
-Thin over :func:`workbench.compose.run_compose`. Per-vector options (``--coeff``, ``--layer``,
+Thin over :func:`workbench.experiments.compose.run_compose`. Per-vector options (``--coeff``, ``--layer``,
 ``--target-words``, ``--score``, ``--position``) belong to the ``--vector`` they follow; when all
 of one option's values come after the last ``--vector``, they are matched to the vectors in
 order instead (``--vector A --vector B --coeff 4 --coeff 2``).
@@ -15,19 +15,18 @@ from typing import Any
 
 from workbench.commands._measure_args import (
     add_text_arguments,
-    build_spec,
-    integer,
     load_vector,
-    number,
     progress,
 )
-from workbench.compose import ComposeItem, run_compose
-from workbench.effects import parse_words, target_set
 from workbench.errors import check
-from workbench.io import write_json
-from workbench.models import load_model
-from workbench.plan import POSITIONS
-from workbench.vectors import UNITS
+from workbench.experiments.compose import ComposeItem, run_compose
+from workbench.measure.effects import parse_words, target_set
+from workbench.measure.spec import build_spec
+from workbench.model.load import load_model
+from workbench.parse import integer, number
+from workbench.report.write import write_run
+from workbench.steer.plan import POSITIONS
+from workbench.vectors.vector import UNITS
 
 NAME = "compose"
 HELP = "apply several vectors together: retention, interference, cosine and damage"
@@ -113,19 +112,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = build_spec(args, targets, sentiment=any(it.score == "sentiment" for it in items))
     progress(f"composing {n} vectors on {model.name}")
     data = run_compose(
-        model, items, spec, units=args.units, orthogonalize=args.orthogonalize,
+        model,
+        items,
+        spec,
+        units=args.units,
+        orthogonalize=args.orthogonalize,
         sampled=args.sampled,
-    )  # fmt: skip
+    )
     if args.out:
-        from workbench.report import write_report
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "compose.json", data)
-        data["files"] = {
-            "json": str(out / "compose.json"),
-            "report": str(write_report(data, out / "report.html")),
-        }
+        data["files"] = write_run(args.out, data)
     return data
 
 

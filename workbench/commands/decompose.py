@@ -1,6 +1,6 @@
 """``workbench decompose``: fit a dictionary on a stored layer and measure it on held-out data.
 
-Thin over :mod:`dictionaries.splice`: a seeded 10% of the store's documents is held out; the
+Thin over :mod:`workbench.decompose.fit`: a seeded 10% of the store's documents is held out; the
 dictionary is fitted on the rest (PCA streams the store), its reconstruction is measured on the
 held-out rows, and the model named in the store's manifest gives the next-token loss clean, with
 the layer spliced by the reconstruction, and zero-ablated, on the held-out texts. The fitted
@@ -10,32 +10,14 @@ dictionary and ``quality.json`` are written to ``--out`` atomically.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError, check
+from workbench.parse import parse_params
 
 NAME = "decompose"
 HELP = "fit a dictionary (pca, ica, dictlearn, sae, ...) on a stored layer and report its quality"
-
-
-def parse_params(items: list[str] | None) -> dict[str, Any]:
-    """``["alpha=0.5", "architecture=topk"]`` -> ``{"alpha": 0.5, "architecture": "topk"}``.
-
-    Values are read as JSON when they parse (numbers, true/false, null), else kept as text.
-    """
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        check(bool(sep) and bool(key), f"--param {item!r} is not key=value; write e.g. alpha=0.5")
-        check(key not in out, f"--param {key} is given twice; give it once")
-        try:
-            out[key] = json.loads(text)
-        except json.JSONDecodeError:
-            out[key] = text
-    return out
 
 
 def check_out(path: Path, overwrite: bool, acts: str | Path | None = None) -> None:
@@ -73,15 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import warnings
 
-    from dictionaries.splice import (
+    from workbench.activations.store import ActivationStore
+    from workbench.decompose.fit import (
         evaluate_heldout,
         fit_from_store,
         heldout_docs,
         make_dictionary,
     )
     from workbench.io import atomic_path, write_json
-    from workbench.models import load_model
-    from workbench.store import ActivationStore
+    from workbench.model.load import load_model
 
     out = Path(args.out)
     check_out(out, args.overwrite, args.acts)

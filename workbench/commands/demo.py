@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from workbench.demo import run_demo
-from workbench.models import DEFAULT_MODEL
+from workbench.model.load import DEFAULT_MODEL
 
 NAME = "demo"
 HELP = "run the whole pipeline on the embedded model and write an HTML report"

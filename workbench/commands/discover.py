@@ -2,7 +2,7 @@
 
 Captures ``--corpus`` at ``--layer`` (or reuses a store given by ``--acts``), fits ``--method``
 with ``--k`` components (or reuses ``--dictionary``), then probes, labels and ranks both signs of
-every component with :func:`dictionaries.discover.discover`. ``--out`` receives ``acts/`` (when
+every component with :func:`workbench.decompose.discover.discover`. ``--out`` receives ``acts/`` (when
 captured here), ``dictionary/``, ``candidates/*.safetensors`` and ``discover.json``, written
 atomically: an error or Ctrl-C leaves nothing behind.
 """
@@ -13,13 +13,14 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.commands.decompose import check_out, parse_params
+from workbench.commands.decompose import check_out
 from workbench.errors import check
-from workbench.hooks import SITE_KINDS
-from workbench.models import DEFAULT_MODEL, Model
+from workbench.model.hooks import SITE_KINDS
+from workbench.model.load import DEFAULT_MODEL, Model
+from workbench.parse import parse_params
 
 if TYPE_CHECKING:
-    from dictionaries.discover import Discovery, ProbeSettings
+    from workbench.decompose.discover import Discovery, ProbeSettings
 
 NAME = "discover"
 HELP = "find candidate steering vectors: decompose a layer's activations and rank the components"
@@ -89,11 +90,11 @@ def run_discovery(
 ) -> Discovery:
     """The whole ``discover`` pipeline on a loaded model; writes folder ``out`` atomically."""
     import dictionaries
-    from dictionaries.discover import discover
-    from dictionaries.splice import fit_from_store, make_dictionary
-    from workbench.capture import capture
+    from workbench.activations.capture import capture
+    from workbench.activations.store import ActivationStore
+    from workbench.decompose.discover import discover
+    from workbench.decompose.fit import fit_from_store, make_dictionary
     from workbench.io import atomic_path
-    from workbench.store import ActivationStore
 
     final = Path(out)
     check_out(final, overwrite, acts)
@@ -135,9 +136,9 @@ def run_discovery(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from dictionaries.discover import ProbeSettings
-    from workbench.models import load_model
-    from workbench.store import ActivationStore
+    from workbench.activations.store import ActivationStore
+    from workbench.decompose.discover import ProbeSettings
+    from workbench.model.load import load_model
 
     check(
         (args.corpus is None) != (args.acts is None),

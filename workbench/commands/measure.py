@@ -1,6 +1,6 @@
 """``workbench measure``: effects and side effects of one vector at one coefficient, with controls.
 
-Thin over :func:`workbench.effects.measure_vector`: unsteered, steered, a norm-matched random
+Thin over :func:`workbench.measure.effects.measure_vector`: unsteered, steered, a norm-matched random
 vector and (for prompt-made vectors) the token-injection baseline, each measure with a
 bootstrap interval.
 """
@@ -14,17 +14,16 @@ from typing import Any
 from workbench.commands._measure_args import (
     add_effect_arguments,
     add_text_arguments,
-    build_spec,
-    integer,
     load_vector,
-    number,
     words_targets,
 )
-from workbench.effects import default_effect, measure_vector
-from workbench.io import write_json
-from workbench.models import load_model
-from workbench.plan import POSITIONS
-from workbench.vectors import UNITS
+from workbench.measure.effects import default_effect, measure_vector
+from workbench.measure.spec import build_spec
+from workbench.model.load import load_model
+from workbench.parse import integer, number
+from workbench.report.write import write_run
+from workbench.steer.plan import POSITIONS
+from workbench.vectors.vector import UNITS
 
 NAME = "measure"
 HELP = "measure one vector's effect, damage and controls at one coefficient"
@@ -52,19 +51,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     effect = default_effect(spec, args.effect, args.decrease)
     data = measure_vector(
-        model, vector, coeff, spec, effect, layer=layer, units=args.units,
-        position=args.position, label=Path(args.vector).name,
-    )  # fmt: skip
+        model,
+        vector,
+        coeff,
+        spec,
+        effect,
+        layer=layer,
+        units=args.units,
+        position=args.position,
+        label=Path(args.vector).name,
+    )
     if args.out:
-        from workbench.report import write_report
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "measure.json", data)
-        data["files"] = {
-            "json": str(out / "measure.json"),
-            "report": str(write_report(data, out / "report.html")),
-        }
+        data["files"] = write_run(args.out, data)
     return data
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from workbench.models import list_models
+from workbench.model.load import list_models
 
 NAME = "models"
 HELP = "list the models that work here and which are cached"

@@ -1,6 +1,6 @@
 """``workbench steer``: unsteered and steered completions of a prompt, side by side.
 
-Thin over :func:`workbench.generate.side_by_side`: one or more ``--vector FILE --coeff C``
+Thin over :func:`workbench.steer.generate.side_by_side`: one or more ``--vector FILE --coeff C``
 pairs make the plan, sampled under identical seeds for both columns (ActAdd's settings by
 default).
 """
@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
-from workbench.generate import side_by_side
-from workbench.models import load_model
-from workbench.plan import POSITIONS, PlanEntry, SteeringPlan
-from workbench.sampling import ACTADD
-from workbench.vectors import UNITS, SteeringVector
+from workbench.model.load import load_model
+from workbench.steer.generate import side_by_side
+from workbench.steer.plan import POSITIONS, PlanEntry, SteeringPlan
+from workbench.steer.sampling import ACTADD
+from workbench.vectors.vector import UNITS, SteeringVector
 
 NAME = "steer"
 HELP = "compare unsteered and steered completions of a prompt under identical seeds"

@@ -1,6 +1,6 @@
 """``workbench sweep``: effect and damage over coefficients (and layers), overshoot marked.
 
-Thin over :func:`workbench.sweep.run_sweep`; writes ``sweep.json`` (the source of truth),
+Thin over :func:`workbench.experiments.sweep.run_sweep`; writes ``sweep.json`` (the source of truth),
 ``rows.csv``, ``plots/`` and ``report.html`` under ``--out``. Rows are kept per finished layer,
 so an interrupted sweep continues with ``--resume``.
 """
@@ -16,18 +16,19 @@ from workbench.commands._measure_args import (
     add_effect_arguments,
     add_text_arguments,
     add_threshold_arguments,
-    build_spec,
-    integer,
     load_vector,
     progress,
     thresholds,
     words_targets,
 )
-from workbench.effects import default_effect
-from workbench.models import load_model
-from workbench.plan import POSITIONS
-from workbench.sweep import SweepConfig, parse_coeffs, parse_layers, run_sweep
-from workbench.vectors import UNITS
+from workbench.experiments.sweep import SweepConfig, parse_coeffs, parse_layers, run_sweep
+from workbench.measure.effects import default_effect
+from workbench.measure.spec import build_spec
+from workbench.model.load import load_model
+from workbench.parse import integer
+from workbench.report.write import write_run
+from workbench.steer.plan import POSITIONS
+from workbench.vectors.vector import UNITS
 
 NAME = "sweep"
 HELP = "sweep coefficients (and layers) of a vector: effect, damage, overshoot, controls"
@@ -68,16 +69,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     effect = default_effect(spec, args.effect, args.decrease)
     data = run_sweep(
-        model, vector, config, spec, effect, out=args.out, resume=args.resume,
-        overwrite=args.overwrite, label=Path(args.vector).name, log=progress,
-    )  # fmt: skip
+        model,
+        vector,
+        config,
+        spec,
+        effect,
+        out=args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        label=Path(args.vector).name,
+        log=progress,
+    )
     out = Path(args.out)
-    data["files"] = {
-        "json": str(out / "sweep.json"),
-        "csv": str(out / "rows.csv"),
-        "plots": str(out / "plots"),
-        "report": str(out / "report.html"),
-    }
+    data["files"] = {**write_run(out, data), "plots": str(out / "plots")}
     data["elapsed_s"] = round(time.perf_counter() - t0, 2)
     return data
 

@@ -1,6 +1,6 @@
 """``workbench vector ...``: build steering vectors and inspect saved ones.
 
-Sub-verbs (each thin over :mod:`workbench.sources`): ``from-prompts``, ``from-datasets``,
+Sub-verbs (each thin over :mod:`workbench.vectors.build`): ``from-prompts``, ``from-datasets``,
 ``probe``, ``iti``, ``from-component``, ``from-sae``, ``random`` and ``info``. Builders save with
 ``SteeringVector.save`` and print the same summary ``info`` prints.
 """
@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workbench.activations.collect import POSITIONS, load_texts
 from workbench.errors import check
-from workbench.models import DEFAULT_MODEL, Model, load_model
-from workbench.sources_acts import POSITIONS, load_texts
-from workbench.vectors import SteeringVector
+from workbench.model.load import DEFAULT_MODEL, Model, load_model
+from workbench.vectors.vector import SteeringVector
 
 NAME = "vector"
 HELP = "build steering vectors (prompts, datasets, probe, ITI heads, dictionaries, random) and inspect them"
@@ -150,7 +150,7 @@ def _texts_of(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _from_prompts(args: argparse.Namespace) -> dict[str, Any]:
-    from workbench.sources import from_prompts
+    from workbench.vectors.build import from_prompts
 
     path = _out_path(args)
     v = from_prompts(_model(args), args.pos, args.neg, args.layer, site=args.site)
@@ -158,7 +158,7 @@ def _from_prompts(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _from_datasets(args: argparse.Namespace) -> dict[str, Any]:
-    from workbench.sources import from_datasets
+    from workbench.vectors.build import from_datasets
 
     path = _out_path(args)
     pos, neg = _texts_of(args)
@@ -169,7 +169,7 @@ def _from_datasets(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _probe(args: argparse.Namespace) -> dict[str, Any]:
-    from workbench.sources import from_probe
+    from workbench.vectors.build import from_probe
 
     path = _out_path(args)
     pos, neg = _texts_of(args)
@@ -189,7 +189,7 @@ def _probe(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _iti(args: argparse.Namespace) -> dict[str, Any]:
-    from workbench.sources_iti import from_iti
+    from workbench.vectors.iti import from_iti
 
     path = _out_path(args)
     pos, neg = _texts_of(args)
@@ -208,7 +208,7 @@ def _iti(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _from_component(args: argparse.Namespace) -> dict[str, Any]:
-    from workbench.sources_dict import from_component
+    from workbench.vectors.dictionary import from_component
 
     path = _out_path(args)
     v = from_component(
@@ -218,7 +218,7 @@ def _from_component(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _from_sae(args: argparse.Namespace) -> dict[str, Any]:
-    from workbench.sources_dict import from_sae_feature
+    from workbench.vectors.dictionary import from_sae_feature
 
     path = _out_path(args)
     v = from_sae_feature(
@@ -228,7 +228,7 @@ def _from_sae(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _random(args: argparse.Namespace) -> dict[str, Any]:
-    from workbench.sources import random_like
+    from workbench.vectors.build import random_like
 
     path = _out_path(args)
     return _save(random_like(SteeringVector.load(args.like), args.seed), path)

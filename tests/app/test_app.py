@@ -1,0 +1,314 @@
+"""The dashboard, driven by Streamlit's AppTest on the tiny model: every page renders, each
+button shows what the library returns for the same inputs, and bad input is a readable error."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.widgets import UNEXPECTED
+from workbench.activations.store import ActivationStore
+from workbench.commands import app as app_command
+from workbench.decompose.fit import evaluate_heldout, heldout_docs
+from workbench.errors import WorkbenchError
+from workbench.measure.token_effects import token_logprob_changes
+from workbench.model.load import Model
+from workbench.steer.generate import side_by_side
+from workbench.steer.plan import SteeringPlan
+from workbench.vectors.build import from_prompts
+
+MAIN = Path(__file__).resolve().parents[2] / "app" / "main.py"
+PAGES = {
+    "data": "views/1_model_and_data.py",
+    "decompose": "views/2_decompose.py",
+    "steer": "views/3_steer.py",
+    "overshoot": "views/4_overshoot.py",
+    "compose": "views/5_compose.py",
+}
+
+
+@pytest.fixture
+def at(tiny_model: Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    """The app pointed at the tiny model (already loaded in this process), writing to tmp."""
+    monkeypatch.setenv("WORKBENCH_APP_MODEL", tiny_model.name)
+    monkeypatch.setenv("WORKBENCH_APP_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    test = AppTest.from_file(str(MAIN), default_timeout=60)
+    test.run()
+    _ok(test)
+    return test
+
+
+def _ok(at: AppTest) -> None:
+    """No exception and no error message on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _errors(at: AppTest) -> list[str]:
+    assert not at.exception, [e.value for e in at.exception]
+    messages = [str(e.value) for e in at.error]
+    assert not any(m.startswith(UNEXPECTED) for m in messages), messages
+    return messages
+
+
+def _open(at: AppTest, page: str) -> AppTest:
+    at.switch_page(PAGES[page]).run()
+    _ok(at)
+    return at
+
+
+def _array(values: list[float] | dict[str, str]) -> np.ndarray:
+    """A plotly array from chart JSON: a list, or plotly's base64 ``{"dtype", "bdata"}``."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"])
+    return np.asarray(values)
+
+
+def _boxes(at: AppTest, kind: str) -> list[str]:
+    """Bodies of the completion boxes of ``kind`` (steered, unsteered, sample)."""
+    return [h.proto.body for h in at.get("html") if f"wb-{kind}" in h.proto.body]
+
+
+def test_every_page_renders_its_controls(at: AppTest) -> None:
+    assert at.selectbox(key="model_pick").value == at.session_state["model_name"]
+    assert at.button(key="data_capture").label == "Capture"
+    assert at.multiselect(key="data_layers").value == [2]  # middle of 4 layers
+    _open(at, "decompose")
+    assert any("No activation store yet" in str(i.value) for i in at.info)
+    _open(at, "steer")
+    assert at.text_input(key="steer_prompt").value == "I hate you because"
+    assert at.slider(key="steer_coeff_raw").value == 5.0
+    assert at.radio(key="steer_vec_src").options[:3] == [
+        "Prompt pair",
+        "Two text sets",
+        "Saved file",
+    ]
+    assert at.number_input(key="steer_n").value == 4
+    assert at.number_input(key="steer_tokens").value == 24
+    _open(at, "overshoot")
+    assert at.text_input(key="ov_coeffs").value == "0, 1, 2, 4, 8, 16"
+    assert at.button(key="ov_go").label == "Run sweep"
+    _open(at, "compose")
+    assert at.button(key="cmp_add").label == "Add to plan"
+
+
+def test_steer_fills_both_columns_with_the_library_output(at: AppTest, tiny_model: Model) -> None:
+    _open(at, "steer")
+    at.text_input(key="steer_prompt").set_value("The weather today")
+    at.number_input(key="steer_n").set_value(2)
+    at.number_input(key="steer_tokens").set_value(6)
+    at.button(key="steer_go").click().run()
+    _ok(at)
+    plain, steered = _boxes(at, "unsteered"), _boxes(at, "steered")
+    assert len(plain) == 2 and len(steered) == 2
+    assert [h.value for h in at.markdown if h.value.startswith("####")] == [
+        "#### Unsteered",
+        "#### Steered",
+    ]
+    # The same call the CLI makes gives the same texts.
+    vec = from_prompts(tiny_model, "Love", "Hate", layers=0)
+    plan = SteeringPlan.of(vec, 5.0, layers=[0])
+    want = side_by_side(tiny_model, "The weather today", plan, n=2, max_new_tokens=6, seed=0)
+    for body, text in zip(plain + steered, want["unsteered"] + want["steered"], strict=True):
+        assert body.endswith(f"{html.escape(text)}</div>")
+    assert want["steered"] != want["unsteered"]
+    # The passage (prompt + first steered completion): one span per token, its change in nats.
+    passage = next(h.proto.body for h in at.get("html") if "wb-passage" in h.proto.body)
+    fx = token_logprob_changes(tiny_model, "The weather today" + want["steered"][0], plan)
+    shown = re.findall(r'title="([+-][0-9.]+) nats', passage)
+    assert shown == [f"{d:+.2f}" for d in fx.delta]
+
+
+def test_coefficient_zero_leaves_every_token_unchanged(at: AppTest) -> None:
+    _open(at, "steer")
+    at.slider(key="steer_coeff_raw").set_value(0.0)
+    at.number_input(key="steer_n").set_value(2)
+    at.number_input(key="steer_tokens").set_value(5)
+    at.button(key="steer_go").click().run()
+    _ok(at)
+    assert [b.replace("wb-steered", "") for b in _boxes(at, "steered")] == [
+        b.replace("wb-unsteered", "") for b in _boxes(at, "unsteered")
+    ]
+    passage = next(h.proto.body for h in at.get("html") if "wb-passage" in h.proto.body)
+    assert passage.count('title="+0.00 nats') == passage.count("<span title=") > 3
+    assert any("Mean change +0.000 nats" in str(c.value) for c in at.caption)
+
+
+def test_bad_inputs_show_readable_errors(at: AppTest) -> None:
+    _open(at, "steer")
+    at.text_input(key="steer_prompt").set_value("   ")
+    at.button(key="steer_go").click().run()
+    assert any("prompt is empty" in m for m in _errors(at))
+    assert not _boxes(at, "steered")
+
+    at.text_input(key="steer_prompt").set_value("Hello")
+    at.text_input(key="steer_vec_pos").set_value("")
+    at.button(key="steer_go").click().run()
+    assert any("a prompt is empty" in m for m in _errors(at))
+
+    at.radio(key="steer_vec_src").set_value("Saved file").run()
+    at.text_input(key="steer_vec_file").set_value("/nowhere/v.safetensors")
+    at.button(key="steer_go").click().run()
+    assert any("vector file not found" in m for m in _errors(at))
+
+    _open(at, "data")
+    at.multiselect(key="data_layers").set_value([])
+    at.button(key="data_capture").click().run()
+    assert any("give at least one layer (0..3)" in m for m in _errors(at))
+
+    _open(at, "overshoot")
+    at.text_input(key="ov_coeffs").set_value("0, 2, lots")
+    at.button(key="ov_go").click().run()
+    assert any("'lots' is not a number" in m for m in _errors(at))
+
+    _open(at, "data")
+    at.text_input(key="model_typed").set_value("/no/such/model").run()
+    at.button(key="model_use").click().run()
+    assert any("model path not found: /no/such/model" in m for m in _errors(at))
+    at.text_input(key="model_typed").set_value("").run()  # back to the listed model
+    at.button(key="model_use").click().run()
+    _ok(at)
+
+
+def test_saved_vector_is_applied_at_its_own_layer(
+    at: AppTest, tiny_model: Model, tmp_path: Path
+) -> None:
+    path = from_prompts(tiny_model, "Happy", "Sad", layers=3).save(tmp_path / "happy.safetensors")
+    _open(at, "steer")
+    at.radio(key="steer_vec_src").set_value("Saved file").run()
+    at.text_input(key="steer_vec_file").set_value(str(path))
+    at.number_input(key="steer_n").set_value(1)
+    at.number_input(key="steer_tokens").set_value(4)
+    at.button(key="steer_go").click().run()
+    _ok(at)
+    plan = at.session_state["steer_last"]["result"]["plan"]
+    assert plan[0]["layers"] == [3] and plan[0]["position"] == "front"
+
+
+def test_sweep_draws_effect_and_damage_with_samples(at: AppTest) -> None:
+    _open(at, "overshoot")
+    at.text_input(key="ov_coeffs").set_value("0, 4, 64")
+    at.number_input(key="ov_np").set_value(2)
+    at.number_input(key="ov_n").set_value(1)
+    at.number_input(key="ov_tok").set_value(5)
+    at.number_input(key="ov_ns").set_value(3)
+    at.number_input(key="ov_nn").set_value(3)
+    at.button(key="ov_go").click().run()
+    _ok(at)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2
+    curves = json.loads(charts[0].proto.spec)
+    lines = [t for t in curves["data"] if t.get("mode") == "lines+markers"]
+    assert [t["x"] for t in lines] == [[0.0, 4.0, 64.0], [0.0, 4.0, 64.0]]  # effect, damage
+    data = at.session_state["overshoot_last"]["data"]
+    assert lines[1]["y"] == [r["damage"] for r in data["rows"]]
+    assert data["rows"][0]["damage"] == pytest.approx(1.0)  # coefficient 0 is the baseline
+    # Norm ratio grows linearly with the coefficient; the diagnostic chart shows it.
+    norms = json.loads(charts[1].proto.spec)["data"][0]["y"]
+    assert norms[0] == 0.0 and norms[2] == pytest.approx(16 * norms[1])
+    assert [m.label for m in at.metric][:3] == ["Onset", "Best", "Breakdown"]
+    assert len(_boxes(at, "sample")) == 3 * 2  # 3 coefficients x 2 prompts
+
+
+def test_compose_draws_retention_interference_and_cosine(at: AppTest) -> None:
+    _open(at, "compose")
+    at.button(key="cmp_add").click().run()  # 'Love' - 'Hate' at layer 0, sentiment
+    _ok(at)
+    at.text_input(key="cmp_vec_pos").set_value(" wedding")
+    at.text_input(key="cmp_vec_neg").set_value(" ")
+    at.number_input(key="cmp_layer").set_value(2)
+    at.radio(key="cmp_metric").set_value("target words").run()
+    at.button(key="cmp_add").click().run()
+    _ok(at)
+    at.number_input(key="cmp_np").set_value(2)
+    at.number_input(key="cmp_n").set_value(1)
+    at.number_input(key="cmp_tok").set_value(4)
+    at.number_input(key="cmp_ns").set_value(3)
+    at.number_input(key="cmp_nn").set_value(3)
+    at.button(key="cmp_go").click().run()
+    _ok(at)
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    kinds = [t["type"] for t in fig["data"]]
+    assert kinds == ["bar", "heatmap", "heatmap"]
+    data = at.session_state["compose_last"]["data"]
+    assert fig["data"][0]["y"] == data["retention"]
+    assert [row[i] for i, row in enumerate(data["interference"])] == [0.0, 0.0]
+    assert data["cosine"][0][1] is None  # different layers: no cosine
+    assert [v["layer"] for v in data["vectors"]] == [0, 2]
+
+
+def test_capture_decompose_and_send_a_candidate_to_steering(at: AppTest, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "".join(f"Document number {i} talks about topic {i % 3}.\n" for i in range(12))
+    )
+    at.radio(key="data_kind").set_value("File path").run()
+    at.text_input(key="data_path").set_value(str(corpus)).run()
+    at.number_input(key="data_limit").set_value(10)
+    at.number_input(key="data_tokens").set_value(16)
+    at.button(key="data_capture").click().run()
+    _ok(at)
+    path = at.session_state["store_path"]
+    store = ActivationStore.open(path)
+    assert store.layers == [2] and store.manifest["n_docs"] == 10
+    assert store.docs()[3]["text"] == "Document number 3 talks about topic 0."
+    assert any(f"Captured {store.n_rows:,} rows" in str(s.value) for s in at.success)
+    assert at.get("progress"), "capture shows a progress bar"
+
+    _open(at, "decompose")
+    at.number_input(key="dec_k").set_value(3)
+    at.button(key="dec_fit").click().run()
+    _ok(at)
+    evr = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    assert len(evr[0]["y"]) == 3 and evr[1]["y"][-1] == pytest.approx(sum(evr[0]["y"]))
+    assert sum("Component" in str(m.value) for m in at.markdown) == 3  # one card each
+    # The quality shown is `workbench decompose`'s: held-out documents, spliced loss.
+    q = evaluate_heldout(at.session_state["dictionary"], store, 2, heldout_docs(store))
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Variance explained (held out)"] == f"{q['fve']:.1%}"
+    assert "…with the layer reconstructed" in shown
+
+    at.selectbox(key="dec_umap_colour").set_value("component")
+    at.number_input(key="dec_umap_n").set_value(40)
+    at.button(key="dec_umap_go").click().run()
+    _ok(at)
+    specs = [json.loads(c.proto.spec)["data"][0] for c in at.get("plotly_chart")]
+    umap = next(d for d in specs if d["type"] == "scattergl")
+    assert len(_array(umap["x"])) == 40 == len(_array(umap["marker"]["color"]))
+    assert umap["marker"]["colorbar"]["title"]["text"] == "component 0"
+
+    at.button(key="dec_rank").click().run()
+    _ok(at)
+    found = at.session_state["decompose_candidates"]
+    assert len(found.candidates) == 6  # both signs of 3 components
+    scores = [c.score for c in found.candidates]
+    assert scores == sorted(scores, reverse=True)
+    at.button(key="dec_send").click().run()
+    sent = at.session_state["send_to_steer"]
+    assert sent in at.session_state["vector_library"]
+    assert at.session_state["steer_units"] == "norm"
+
+    at.switch_page(PAGES["steer"]).run()
+    _ok(at)
+    assert at.radio(key="steer_vec_src").value == "Kept or discovered"
+    assert at.selectbox(key="steer_vec_kept").value == sent
+
+
+def test_workbench_app_command_binds_locally() -> None:
+    ns = argparse.Namespace(port=8600, host="127.0.0.1", model=None, workdir=None)
+    cmd = app_command.streamlit_command(ns)
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--server.port") + 1] == "8600"
+    assert cmd[cmd.index("--server.headless") + 1] == "true"
+    assert Path(cmd[cmd.index("run") + 1]) == MAIN
+    with pytest.raises(WorkbenchError, match="not a port number"):
+        app_command.streamlit_command(argparse.Namespace(port=0, host="127.0.0.1"))

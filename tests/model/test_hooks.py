@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.model.hooks import (
+    Site,
+    StopForward,
+    add_hooks,
+    backend_for,
+    hooks_applied,
+    recording,
+)
+from workbench.model.load import Model
+
+KINDS = ["resid_pre", "resid_post", "attn_out", "mlp_out", "z"]
+
+
+def _run(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        if backend == "tl":
+            return model.tl(ids, attention_mask=mask)
+        return model.hf(input_ids=ids, attention_mask=mask).logits
+
+
+@pytest.mark.parametrize("model_name", ["tiny_model", "tiny_gpt2"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_both_backends_see_and_steer_the_same(request, model_name: str, kind: str) -> None:
+    model: Model = request.getfixturevalue(model_name)
+    ids, mask, _ = model.encode(["Hello world, I love you", "The fox"])
+    site = Site(kind, 2)
+    seen = {}
+    for backend in ("tl", "hf"):
+        with recording(model, [site], backend=backend) as rec:
+            _run(model, backend, ids, mask)
+        seen[backend] = rec[site]
+    assert seen["tl"].shape == seen["hf"].shape
+    keep = mask.bool()
+    assert (seen["tl"] - seen["hf"])[keep].abs().max() < 1e-4
+    torch.manual_seed(0)
+    delta = torch.randn(seen["tl"].shape[2:])
+    out = {}
+    for backend in ("tl", "hf"):
+        with hooks_applied(model, [(site, lambda x: x + delta)], backend=backend):
+            out[backend] = _run(model, backend, ids, mask)
+    clean = _run(model, "tl", ids, mask)
+    assert (out["tl"] - out["hf"])[keep].abs().max() < 1e-4
+    assert (out["tl"] - clean)[keep].abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("backend", ["tl", "hf"])
+def test_hooks_removed_after_exception_and_user_hooks_kept(tiny_model: Model, backend: str):
+    ids, mask, _ = tiny_model.encode(["Hello world"])
+    clean = _run(tiny_model, backend, ids, mask)
+    user_calls = []
+    user = tiny_model.tl.hook_dict["blocks.1.hook_resid_pre"].register_forward_hook(
+        lambda *a: user_calls.append(1)
+    )
+    try:
+        with (
+            pytest.raises(RuntimeError, match="boom"),
+            hooks_applied(tiny_model, [(Site("resid_pre", 1), lambda x: x * 100)], backend=backend),
+        ):
+            raise RuntimeError("boom")
+        assert torch.equal(_run(tiny_model, backend, ids, mask), clean)
+        _run(tiny_model, "tl", ids, mask)
+        assert user_calls, "the user's own hook must survive our cleanup"
+    finally:
+        user.remove()
+
+
+@pytest.mark.parametrize("backend", ["tl", "hf"])
+def test_failure_halfway_through_registration_rolls_back(tiny_model: Model, backend: str):
+    ids, mask, _ = tiny_model.encode(["Hello world"])
+    clean = _run(tiny_model, backend, ids, mask)
+    hooks = [(Site("resid_pre", 1), lambda x: x * 100), (Site("resid_pre", 99), lambda x: x)]
+    with pytest.raises(WorkbenchError, match="valid layers are 0..3"):
+        add_hooks(tiny_model, hooks, backend=backend)
+    assert torch.equal(_run(tiny_model, backend, ids, mask), clean)
+
+
+def test_identity_hook_leaves_logits_exactly_unchanged(tiny_model: Model) -> None:
+    ids, mask, _ = tiny_model.encode(["Hello world"])
+    clean = _run(tiny_model, "hf", ids, mask)
+    with hooks_applied(tiny_model, [(Site("resid_post", 0), lambda x: x + 0.0 * x)], backend="hf"):
+        assert torch.equal(_run(tiny_model, "hf", ids, mask), clean)
+
+
+def test_site_parsing_and_errors() -> None:
+    assert Site.parse("blocks.3.hook_resid_pre") == Site("resid_pre", 3)
+    assert Site.parse("blocks.5.attn.hook_z") == Site("z", 5)
+    assert Site.parse("mlp_out", 2).tl_name == "blocks.2.hook_mlp_out"
+    with pytest.raises(WorkbenchError, match="unknown site"):
+        Site("resid_middle", 1)
+    with pytest.raises(WorkbenchError, match="needs a layer"):
+        Site.parse("resid_pre")
+
+
+def test_resid_mid_only_on_tl(tiny_model: Model) -> None:
+    with pytest.raises(WorkbenchError, match="only available on backend 'tl'"):
+        add_hooks(tiny_model, [(Site("resid_mid", 1), lambda x: x)], backend="hf")
+    with recording(tiny_model, [Site("resid_mid", 1)], backend="tl") as rec:
+        tiny_model.tl(tiny_model.encode(["hi"])[0])
+    assert rec[Site("resid_mid", 1)].shape[-1] == 64
+
+
+@pytest.mark.parametrize("backend", ["tl", "hf"])
+def test_recording_with_stop_ends_the_pass_after_the_last_site(
+    tiny_model: Model, backend: str
+) -> None:
+    ids, mask, _ = tiny_model.encode(["Hello world"])
+    sites = [Site("resid_post", 1), Site("z", 1)]
+    later: list[int] = []
+    spy = [(Site("resid_pre", 2), lambda x: later.append(1))]
+    with (
+        hooks_applied(tiny_model, spy, backend=backend),
+        pytest.raises(StopForward),
+        recording(tiny_model, sites, backend=backend, stop=True) as rec,
+    ):
+        _run(tiny_model, backend, ids, mask)
+    assert set(rec) == set(sites)
+    assert not later, "layers after the last recorded site must not run"
+    with recording(tiny_model, sites, backend=backend) as full:
+        _run(tiny_model, backend, ids, mask)
+    assert torch.equal(rec[Site("resid_post", 1)], full[Site("resid_post", 1)])
+
+
+def test_backend_for_sites(tiny_model: Model) -> None:
+    assert backend_for(tiny_model, [Site("resid_post", 1)]) == "hf"
+    assert backend_for(tiny_model, [Site("resid_mid", 1), Site("resid_post", 1)]) == "tl"

@@ -1,0 +1,256 @@
+"""Writing an activation store: crash-safe shards, a manifest kept current, and resume.
+
+The layout is described in :mod:`workbench.activations.store`. Every shard is written atomically and the
+manifest is rewritten atomically after it, so a capture that is interrupted (Ctrl-C) or killed
+leaves a store whose listed shards are all complete. Rows are buffered until a shard is full;
+rows still in the buffer at an interruption are simply captured again on resume, which skips the
+rows already in shards, so a resumed store is identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.activations.store import DOCS, FORMAT, MANIFEST, is_store, layer_key, shard_name
+from workbench.errors import WorkbenchError
+from workbench.io import atomic_path, read_json, save_tensors, write_json
+
+# Settings that must match for --resume to produce the same store as one uninterrupted run.
+RESUME_KEYS = (
+    "model_info",
+    "site",
+    "layers",
+    "positions",
+    "dtype",
+    "max_tokens",
+    "batch_size",
+    "shard_rows",
+    "backend",
+)
+_OWN_FILE = re.compile(r"(manifest\.json|docs\.jsonl|shard-\d{5}\.safetensors|\..*\.tmp|\..*\.old)")
+
+
+@dataclass
+class RowBatch:
+    """Rows ready to store, plus the per-row sums that the manifest's norms are built from.
+
+    Attributes:
+        acts: layer -> ``(n, width)`` rows, already in the store dtype.
+        doc, pos, token: ``(n,)`` int64 provenance of each row.
+        row_norm: ``(n, n_layers)`` float64 L2 norm of each row (before the dtype cast).
+        resid_sum: ``(n, n_layers)`` float64 summed residual-stream norms attributed to the row
+            (the row's own token for positions="all", its whole document otherwise).
+        resid_count: ``(n,)`` int64 number of tokens summed in ``resid_sum``.
+    """
+
+    acts: dict[int, torch.Tensor]
+    doc: torch.Tensor
+    pos: torch.Tensor
+    token: torch.Tensor
+    row_norm: torch.Tensor
+    resid_sum: torch.Tensor
+    resid_count: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.doc.shape[0])
+
+    def slice(self, start: int, stop: int | None = None) -> RowBatch:
+        """Rows ``start:stop`` (copies, so the source batch can be freed)."""
+        out: dict[str, Any] = {
+            f.name: getattr(self, f.name)[start:stop].clone()
+            for f in fields(self)
+            if f.name != "acts"
+        }
+        return RowBatch(acts={k: v[start:stop].clone() for k, v in self.acts.items()}, **out)
+
+    @staticmethod
+    def cat(parts: list[RowBatch]) -> RowBatch:
+        out: dict[str, Any] = {
+            f.name: torch.cat([getattr(p, f.name) for p in parts])
+            for f in fields(RowBatch)
+            if f.name != "acts"
+        }
+        acts = {k: torch.cat([p.acts[k] for p in parts]) for k in parts[0].acts}
+        return RowBatch(acts=acts, **out)
+
+
+def check_destination(path: Path, *, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """Decide what to do with ``path`` before anything is written.
+
+    Returns the existing manifest when resuming a store, ``None`` for a fresh start; raises a
+    :class:`WorkbenchError` for a store that would be silently overwritten or a folder that is
+    not a store.
+    """
+    if resume and overwrite:
+        raise WorkbenchError("choose one of --resume and --overwrite, not both")
+    if path.exists() and not path.is_dir():
+        raise WorkbenchError(f"--out {path} is a file; give a folder for the activation store")
+    if is_store(path):
+        if overwrite:  # before reading the manifest: a corrupt store must stay replaceable
+            return None
+        old = read_json(path / MANIFEST, "store manifest")
+        if resume:
+            if not isinstance(old, dict) or old.get("format") != FORMAT:
+                raise WorkbenchError(
+                    f"{path / MANIFEST} is not an activation-store manifest; use --overwrite"
+                )
+            return old
+        state = "a complete" if isinstance(old, dict) and old.get("complete") else "an incomplete"
+        raise WorkbenchError(
+            f"{path} already holds {state} activation store; pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+    if path.is_dir() and any(not _OWN_FILE.fullmatch(p.name) for p in path.iterdir()):
+        raise WorkbenchError(
+            f"--out {path} is a non-empty folder that is not an activation store; "
+            "choose a new or empty folder"
+        )
+    return None
+
+
+def _remove_store_files(path: Path) -> None:
+    # Only the files a store consists of; the manifest last, so a crash midway still leaves a
+    # folder recognised (and replaceable) as a store.
+    for p in sorted(path.iterdir(), key=lambda p: p.name == MANIFEST):
+        if _OWN_FILE.fullmatch(p.name):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+class StoreWriter:
+    """Appends rows to a store, one atomic shard at a time (see module docstring)."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.layers = [int(x) for x in manifest["layers"]]
+        self.skip = int(manifest["n_rows"])  # rows already stored: drop them when re-offered
+        self._buffer: list[RowBatch] = []
+        self._buffered = 0
+        self._started = time.perf_counter()
+        self._elapsed_before = float(manifest.get("elapsed_s", 0.0))
+
+    @classmethod
+    def create(
+        cls, path: Path, manifest: dict[str, Any], docs: Iterable[dict[str, Any]]
+    ) -> StoreWriter:
+        """Start a fresh store at ``path`` (replacing an old store there), writing ``docs.jsonl``
+        and an empty manifest."""
+        if path.is_dir():
+            _remove_store_files(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path / DOCS) as tmp, tmp.open("w", encoding="utf-8") as f:
+            for record in docs:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        manifest = {**manifest, "shards": [], "n_rows": 0, "tokens": 0, "complete": False}
+        writer = cls(path, manifest)
+        writer._write_manifest()
+        return writer
+
+    @classmethod
+    def resume(cls, path: Path, old: dict[str, Any], manifest: dict[str, Any]) -> StoreWriter:
+        """Continue the store at ``path`` whose manifest is ``old``; ``manifest`` holds the new
+        run's settings, which must match the old ones."""
+        for key in (*RESUME_KEYS, "corpus_sha256"):
+            if old.get(key) != manifest.get(key):
+                raise WorkbenchError(
+                    f"cannot resume {path}: it was captured with {key}={old.get(key)!r}, this run "
+                    f"asks for {manifest.get(key)!r}; rerun with the same options or --overwrite"
+                )
+        for p in path.iterdir():  # temporary files left by a killed run
+            if p.name.startswith(".") and p.name.endswith((".tmp", ".old")):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        return cls(path, old)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest["complete"])
+
+    @property
+    def rows_stored(self) -> int:
+        return int(self.manifest["n_rows"])
+
+    def skip_rows(self, n: int) -> None:
+        """Account for ``n`` offered rows that are already stored, without their data."""
+        if n > self.skip:
+            raise ValueError(f"cannot skip {n} rows; only {self.skip} are stored")
+        self.skip -= n
+
+    def add(self, batch: RowBatch) -> int:
+        """Buffer ``batch`` (minus rows already stored); write full shards. Returns shards written."""
+        if self.skip:
+            drop = min(self.skip, len(batch))
+            self.skip -= drop
+            batch = batch.slice(drop)
+        if len(batch):
+            self._buffer.append(batch)
+            self._buffered += len(batch)
+        written = 0
+        limit = int(self.manifest["shard_rows"])
+        while self._buffered >= limit:
+            self._flush(limit)
+            written += 1
+        return written
+
+    def finish(self) -> None:
+        """Write the last, partial shard and mark the store complete."""
+        if self._buffered:
+            self._flush(self._buffered)
+        self.manifest["complete"] = True
+        self._write_manifest()
+
+    def _flush(self, rows: int) -> None:
+        merged = RowBatch.cat(self._buffer)
+        shard, rest = merged.slice(0, rows), merged.slice(rows)
+        self._buffer = [rest] if len(rest) else []
+        self._buffered = len(rest)
+        index = len(self.manifest["shards"])
+        first = self.rows_stored
+        tensors = {layer_key(layer): shard.acts[layer] for layer in self.layers}
+        tensors.update(doc=shard.doc, pos=shard.pos, token=shard.token)
+        meta = {"format": FORMAT, "index": index, "first_row": first, "rows": rows}
+        save_tensors(self.path / shard_name(index), tensors, meta)
+        norm_sums = shard.row_norm.sum(0).tolist()
+        resid_sums = shard.resid_sum.sum(0).tolist()
+        self.manifest["shards"].append(
+            {
+                "file": shard_name(index),
+                "rows": rows,
+                "first_row": first,
+                "tokens": int(shard.resid_count.sum()),
+                "norm_sums": {str(k): norm_sums[i] for i, k in enumerate(self.layers)},
+                "resid_sums": {str(k): resid_sums[i] for i, k in enumerate(self.layers)},
+            }
+        )
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        shards = self.manifest["shards"]
+        n_rows = sum(int(s["rows"]) for s in shards)
+        tokens = sum(int(s["tokens"]) for s in shards)
+        elapsed = self._elapsed_before + time.perf_counter() - self._started
+
+        def mean(key: str, count: int) -> dict[str, float | None]:
+            total = {str(k): sum(s[key][str(k)] for s in shards) for k in self.layers}
+            return {k: (v / count if count else None) for k, v in total.items()}
+
+        self.manifest.update(
+            n_rows=n_rows,
+            tokens=tokens,
+            mean_norms=mean("norm_sums", n_rows),
+            resid_norms=mean("resid_sums", tokens),
+            updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            elapsed_s=round(elapsed, 3),
+        )
+        write_json(self.path / MANIFEST, self.manifest)

@@ -1,0 +1,373 @@
+"""Running the model to measure what steering does: effects, side effects and controls.
+
+The pure math lives in :mod:`workbench.measure.metrics`, :mod:`workbench.measure.text_metrics` and
+:mod:`workbench.measure.stats`; this module runs the model to get the numbers it needs, for many
+*conditions* at once. A :class:`Condition` gives one coefficient per plan entry (0 = off), or
+puts a text in front of every prompt instead (the token-injection baseline). All conditions
+share one batch per measure (rows = condition x text, each row with its own coefficients), so a
+whole coefficient sweep costs one batched scoring pass and one batched ``generate`` call.
+
+Measures (per condition, per sample, compared with the unsteered baseline):
+
+* ``on_target_ratio`` / ``off_target_ratio``: per-sentence perplexity, steered / unsteered, on
+  on-target text (ActAdd's wedding sentences; below 1 is the wanted effect) and off-target text
+  (above 1 is damage). For prompt-aligned vectors at the front, each sentence is preceded by
+  space tokens the vector lands on, as in ActAdd's comparison with prompting, so the vector never
+  overwrites a scored token; only the sentence's own tokens are scored.
+* ``kl`` and ``entropy``: next-token ``KL(steered || unsteered)`` and entropy at the end of
+  neutral prompts, with the tokens contributing most to the KL (ActAdd's KL-contributor table).
+* ``target_logprob_shift:NAME``: change in ``log P(next token is a target)`` after each prompt.
+* from sampled completions (``n`` per prompt, the same sampling noise in every condition):
+  ``target_words:NAME`` (words per completion), ``sentiment`` (VADER), ``distinct2`` and
+  ``repetition`` (degeneration).
+
+Every measure is reported with a bootstrap interval over its samples (sentences, prompts,
+prompt x seed rows), and completion measures also as paired differences from the baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from workbench.errors import check
+from workbench.measure.metrics import (
+    distinct_n,
+    next_token_entropy,
+    next_token_kl,
+    repetition_rate,
+    sentiment,
+    target_logprob_shift,
+    target_word_rate,
+)
+from workbench.measure.runs import (
+    completions,
+    front_pad,
+    last_token_logits,
+    sentence_perplexities,
+)
+from workbench.measure.spec import (
+    DEFAULT_NEUTRAL,
+    DEFAULT_OFF_TARGET,
+    DEFAULT_PROMPTS,
+    EFFECT_KINDS,
+    Condition,
+    EffectSpec,
+    MeasureSpec,
+    Targets,
+    actadd_sampling,
+    default_effect,
+    injection_text,
+    load_texts,
+    parse_words,
+    target_set,
+    vector_at_layer,
+)
+from workbench.measure.stats import Estimate, estimate
+from workbench.model.load import Model
+from workbench.steer.plan import PlanEntry
+from workbench.vectors.build import random_like
+from workbench.vectors.vector import SteeringVector
+
+__all__ = [
+    "DEFAULT_NEUTRAL",
+    "DEFAULT_OFF_TARGET",
+    "DEFAULT_PROMPTS",
+    "EFFECT_KINDS",
+    "Baseline",
+    "Condition",
+    "ConditionResult",
+    "EffectSpec",
+    "MeasureSpec",
+    "Targets",
+    "actadd_sampling",
+    "completions",
+    "default_effect",
+    "front_pad",
+    "injection_text",
+    "kl_top_tokens",
+    "last_token_logits",
+    "load_texts",
+    "measure",
+    "measure_vector",
+    "result_summary",
+    "parse_words",
+    "sentence_perplexities",
+    "target_set",
+    "vector_at_layer",
+]
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Baseline:
+    """The unsteered run's raw numbers, to compare later conditions with (see :func:`measure`)."""
+
+    on_ppl: np.ndarray | None
+    off_ppl: np.ndarray | None
+    neutral_logits: torch.Tensor | None  # (n_neutral, vocab)
+    prompt_logits: torch.Tensor | None  # (n_prompts, vocab)
+    rows: dict[str, np.ndarray]
+    completions: list[str]
+
+
+@dataclass
+class ConditionResult:
+    """Every measure of one condition, per sample, plus the top KL contributors."""
+
+    condition: Condition
+    rows: dict[str, np.ndarray]
+    deltas: dict[str, np.ndarray]
+    kl_top: list[dict[str, Any]]
+    completions: list[str]
+
+    def estimate(self, key: str, seed: int = 0) -> Estimate:
+        """Bootstrap estimate of measure ``key`` over its samples."""
+        check(key in self.rows, f"measure '{key}' was not taken; measured: {sorted(self.rows)}")
+        return estimate(self.rows[key], seed=seed)
+
+    def delta(self, key: str, seed: int = 0) -> Estimate:
+        """Paired estimate of ``key`` minus the baseline (the measure itself when it is already
+        relative: ratios, shifts, KL)."""
+        if key in self.deltas:
+            return estimate(self.deltas[key], seed=seed)
+        return self.estimate(key, seed)
+
+    def summary(self, seed: int = 0) -> dict[str, Any]:
+        """JSON: each measure's estimate, paired deltas, distinct-2 ratio, KL contributors."""
+        out: dict[str, Any] = {k: self.estimate(k, seed).to_json() for k in sorted(self.rows)}
+        for k in sorted(self.deltas):
+            out[f"delta_{k}"] = estimate(self.deltas[k], seed=seed).to_json()
+        out["kl_top"] = self.kl_top
+        return out
+
+
+def _kl_parts(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """Per-token terms ``p (log p - log q)`` of ``KL(p || q)``: ``(batch, vocab)`` float64."""
+    logp = torch.log_softmax(logits_p.double(), dim=-1)  # (batch, vocab)
+    logq = torch.log_softmax(logits_q.double(), dim=-1)  # (batch, vocab)
+    return logp.exp() * (logp - logq)
+
+
+def kl_top_tokens(
+    model: Model, logits_p: torch.Tensor, logits_q: torch.Tensor, k: int = 10
+) -> list[dict[str, Any]]:
+    """Tokens contributing most to the mean next-token ``KL(p || q)`` over prompts.
+
+    ``logits_p``/``logits_q`` are ``(n_prompts, vocab)``. Each token's contribution is its term
+    of the KL averaged over prompts, so contributions over the whole vocabulary (``k`` = vocab
+    size) sum to the mean KL; ``p`` and ``q`` are the token's mean probabilities.
+    """
+    parts = _kl_parts(logits_p, logits_q).mean(0)  # (vocab,)
+    values, ids = parts.topk(min(k, parts.numel()))
+    p = torch.softmax(logits_p.double(), -1).mean(0)  # (vocab,)
+    q = torch.softmax(logits_q.double(), -1).mean(0)  # (vocab,)
+    return [
+        {
+            "token": model.tokenizer.decode([i]),
+            "id": int(i),
+            "contribution": float(v),
+            "p": float(p[i]),
+            "q": float(q[i]),
+        }
+        for v, i in zip(values.tolist(), ids.tolist(), strict=True)
+    ]
+
+
+def _completion_rows(texts: list[str], spec: MeasureSpec) -> dict[str, np.ndarray]:
+    rows: dict[str, np.ndarray] = {
+        "distinct2": np.array(distinct_n(texts, 2).per_text),
+        "repetition": np.array([repetition_rate(t) for t in texts]),
+    }
+    for t in spec.targets:
+        rows[f"target_words:{t.name}"] = np.array(
+            [target_word_rate(x, t.words) for x in texts], dtype=float
+        )
+    if spec.sentiment:
+        rows["sentiment"] = np.array(sentiment(texts))
+    return rows
+
+
+def measure(
+    model: Model,
+    entries: Sequence[PlanEntry],
+    conditions: Sequence[Condition],
+    spec: MeasureSpec,
+    *,
+    baseline: Baseline | None = None,
+    backend: str | None = None,
+) -> tuple[list[ConditionResult], Baseline]:
+    """Measure every condition against the unsteered baseline, each measure in one batch.
+
+    The baseline is a condition in ``conditions`` with all coefficients 0 and no injection, or
+    ``baseline`` from an earlier call with the same ``spec`` (controls reuse the sweep's), or, if
+    neither, an extra unsteered condition run in the same batches. Returns the results in the
+    order of ``conditions`` and the baseline.
+    """
+    check(len(entries) > 0, "nothing to measure: the plan has no vectors")
+    check(len(conditions) > 0, "nothing to measure: give at least one condition")
+    for c in conditions:
+        check(
+            len(c.coeffs) == len(entries),
+            f"condition '{c.label}' has {len(c.coeffs)} coefficients for {len(entries)} vectors",
+        )
+    conds = list(conditions)
+    base_idx = next((i for i, c in enumerate(conds) if c.is_baseline), None)
+    if base_idx is None and baseline is None:
+        conds.append(Condition("unsteered", (0.0,) * len(entries)))
+        base_idx = len(conds) - 1
+    kw: dict[str, Any] = {"backend": backend}
+    on = off = None
+    if spec.on_target:
+        on = sentence_perplexities(
+            model,
+            entries,
+            conds,
+            spec.on_target,
+            max_tokens=spec.max_tokens,
+            batch_size=spec.batch_size,
+            **kw,
+        )
+    if spec.off_target:
+        off = sentence_perplexities(
+            model,
+            entries,
+            conds,
+            spec.off_target,
+            max_tokens=spec.max_tokens,
+            batch_size=spec.batch_size,
+            **kw,
+        )
+    neutral = (
+        last_token_logits(model, entries, conds, spec.neutral, batch_size=spec.batch_size, **kw)
+        if spec.neutral
+        else None
+    )
+    prompt_logits = (
+        last_token_logits(model, entries, conds, spec.prompts, batch_size=spec.batch_size, **kw)
+        if spec.targets
+        else None
+    )
+    texts: list[list[str]] = [[] for _ in conds]
+    if spec.n > 0:
+        texts, _ = completions(
+            model,
+            entries,
+            conds,
+            spec.prompts,
+            spec.n,
+            spec.sampling,
+            batch_size=spec.gen_batch_size,
+            **kw,
+        )
+    if base_idx is not None:
+        baseline = Baseline(
+            on_ppl=None if on is None else on[base_idx],
+            off_ppl=None if off is None else off[base_idx],
+            neutral_logits=None if neutral is None else neutral[base_idx],
+            prompt_logits=None if prompt_logits is None else prompt_logits[base_idx],
+            rows=_completion_rows(texts[base_idx], spec) if spec.n > 0 else {},
+            completions=texts[base_idx],
+        )
+    assert baseline is not None
+    results = []
+    for i, c in enumerate(conditions):
+        rows: dict[str, np.ndarray] = {}
+        deltas: dict[str, np.ndarray] = {}
+        kl_top: list[dict[str, Any]] = []
+        if on is not None and baseline.on_ppl is not None:
+            rows["on_target_ratio"] = on[i] / baseline.on_ppl
+        if off is not None and baseline.off_ppl is not None:
+            rows["off_target_ratio"] = off[i] / baseline.off_ppl
+        if neutral is not None and baseline.neutral_logits is not None:
+            q = baseline.neutral_logits
+            rows["kl"] = next_token_kl(neutral[i], q).numpy()
+            rows["entropy"] = next_token_entropy(neutral[i]).numpy()
+            deltas["entropy"] = rows["entropy"] - next_token_entropy(q).numpy()
+            kl_top = kl_top_tokens(model, neutral[i], q, spec.kl_top_k)
+        if prompt_logits is not None and baseline.prompt_logits is not None:
+            for t in spec.targets:
+                shift = target_logprob_shift(prompt_logits[i], baseline.prompt_logits, list(t.ids))
+                rows[f"target_logprob_shift:{t.name}"] = shift.numpy()
+        if spec.n > 0:
+            crow = _completion_rows(texts[i], spec)
+            rows.update(crow)
+            for k, v in crow.items():
+                if k in baseline.rows and baseline.rows[k].shape == v.shape:
+                    deltas[k] = v - baseline.rows[k]
+        results.append(ConditionResult(c, rows, deltas, kl_top, texts[i]))
+    return results, baseline
+
+
+# --------------------------------------------------------------------------- one plan
+
+
+def result_summary(result: ConditionResult, effect: EffectSpec) -> dict[str, Any]:
+    """JSON of one condition: the effect (paired, vs unsteered), damage, every measure."""
+    out: dict[str, Any] = {"effect": result.delta(effect.key).to_json()}
+    if "off_target_ratio" in result.rows:
+        out["damage"] = result.estimate("off_target_ratio").to_json()
+    out["measures"] = result.summary()
+    out["completions"] = result.completions[:3]
+    return out
+
+
+def measure_vector(
+    model: Model,
+    vector: SteeringVector,
+    coeff: float,
+    spec: MeasureSpec,
+    effect: EffectSpec,
+    *,
+    layer: int | None = None,
+    units: str = "raw",
+    position: str | None = None,
+    control_seed: int = 0,
+    label: str = "vector",
+) -> dict[str, Any]:
+    """Effects and side effects of ``coeff x vector`` at ``layer``, with its controls.
+
+    Runs unsteered, steered, a norm-matched random vector at the same coefficient and, for
+    prompt-made vectors, the token-injection baseline, all in shared batches. Returns the
+    ``measure`` JSON (``kind: "measure"``).
+    """
+    check(
+        layer is not None or len(vector.layers) == 1,
+        f"the vector has layers {vector.layers}; choose one with --layer",
+    )
+    at = vector.layers[0] if layer is None else layer
+    vec, note = vector_at_layer(model, vector, at)
+    kw: dict[str, Any] = {"layers": [at], "position": position, "units": units}
+    entry = PlanEntry(vec, coeff, label=label, **kw)
+    rand = PlanEntry(random_like(vec, control_seed), 0.0, label="random", **kw)
+    conds = [
+        Condition("unsteered", (0.0, 0.0)),
+        Condition("steered", (float(coeff), 0.0)),
+        Condition("random", (0.0, float(coeff))),
+    ]
+    inject = injection_text(vec)
+    if inject is not None:
+        conds.append(Condition("injection", (0.0, 0.0), inject=inject))
+    results, _ = measure(model, [entry, rand], conds, spec)
+    out: dict[str, Any] = {
+        "kind": "measure",
+        "model": model.name,
+        "vector": {"label": label, **vec.describe()},
+        "layer": at,
+        "coeff": float(coeff),
+        "units": units,
+        "position": entry.position,
+        "effect_spec": effect.to_json(),
+        "spec": spec.to_json(),
+        "notes": [note] if note else [],
+    }
+    for c, r in zip(conds, results, strict=True):
+        out[c.label] = result_summary(r, effect)
+    if inject is not None:
+        out["injection"]["text"] = inject
+    return out

@@ -1,0 +1,180 @@
+"""Steered (and unsteered) forward passes that return logits, for scoring.
+
+Metrics such as perplexity and next-token KL need the logits of the same texts with and without
+a plan. :func:`steered_logits` runs texts (right-padded, BOS prepended) through the model under a
+plan and returns ``(logits, ids, mask)``; :func:`iter_steered_logits` yields the same batch by
+batch for large text sets; :func:`coefficient_batch` scores several coefficients in one batch
+(row ``i`` gets coefficient ``i``), which is what coefficient sweeps use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+
+from workbench.errors import WorkbenchError, check
+from workbench.model.hooks import default_backend
+from workbench.model.load import Model
+from workbench.steer.apply import apply_plan
+from workbench.steer.plan import PlanEntry, SteeringPlan
+from workbench.vectors.vector import SteeringVector
+
+Inputs = Sequence[str] | tuple[torch.Tensor, torch.Tensor] | torch.Tensor
+
+
+class ForwardOutput(NamedTuple):
+    """Logits of a batch with the ids and mask they were computed from."""
+
+    logits: torch.Tensor  # (batch, pos, vocab), float32
+    ids: torch.Tensor  # (batch, pos)
+    mask: torch.Tensor  # (batch, pos), 1 for real tokens
+
+
+def encode_inputs(
+    model: Model, inputs: Inputs, max_tokens: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts (right-padded, BOS prepended), ``(ids, mask)`` or bare ids -> ``(ids, mask)``."""
+    if isinstance(inputs, torch.Tensor):
+        ids = inputs if inputs.dim() == 2 else inputs.unsqueeze(0)  # (batch, pos)
+        return ids, torch.ones_like(ids)
+    if isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], torch.Tensor):
+        ids, mask = inputs
+        check(
+            ids.shape == mask.shape, f"ids {tuple(ids.shape)} and mask {tuple(mask.shape)} differ"
+        )
+        return ids, mask
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    check(len(texts) > 0, "no texts to score; give at least one")
+    for t in texts:
+        if not isinstance(t, str) or not t.strip():
+            raise WorkbenchError("a text to score is empty; remove it or give some text")
+    ids, mask, _ = model.encode(texts, padding_side="right", max_tokens=max_tokens)
+    return ids, mask
+
+
+def _run(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        if backend == "tl":
+            logits = model.tl(ids, attention_mask=mask)
+        else:
+            if model.hf is None:
+                raise WorkbenchError(
+                    f"model {model.name} has no transformers twin: use backend 'tl'"
+                )
+            logits = model.hf(input_ids=ids, attention_mask=mask).logits
+    return logits.float()  # (batch, pos, vocab)
+
+
+def iter_steered_logits(
+    model: Model,
+    inputs: Inputs,
+    plan: SteeringPlan | None = None,
+    *,
+    backend: str | None = None,
+    batch_size: int = 16,
+    max_tokens: int | None = None,
+) -> Iterator[ForwardOutput]:
+    """Yield :class:`ForwardOutput` batch by batch (``plan=None``: unsteered).
+
+    Each text is its own "prompt" for the plan's position policy (front/middle/back windows are
+    placed within it). A plan with coefficient lists needs one coefficient per text.
+    """
+    check(batch_size >= 1, f"batch size must be at least 1, got {batch_size}")
+    backend = backend or default_backend(model)
+    ids, mask = encode_inputs(model, inputs, max_tokens)
+    if plan is not None and plan.rows is not None and plan.rows != ids.shape[0]:
+        raise WorkbenchError(
+            f"the plan has {plan.rows} coefficients per entry but there are {ids.shape[0]} "
+            "texts; give one coefficient per text"
+        )
+    lengths = mask.sum(1)  # (batch,) right padding: real tokens come first
+    for a in range(0, ids.shape[0], batch_size):
+        b = min(a + batch_size, ids.shape[0])
+        width = int(lengths[a:b].max())  # trim padding that only other batches need
+        bids, bmask = ids[a:b, :width], mask[a:b, :width]
+        if plan is None:
+            logits = _run(model, backend, bids, bmask)
+        else:
+            # Hooks live only while this batch runs: a caller that stops iterating early must
+            # not leave them on the model.
+            sub = plan if plan.rows is None else plan.select_rows(range(a, b))
+            zeros = torch.zeros(b - a, dtype=torch.long)
+            with apply_plan(
+                model, sub, backend=backend, pad_offsets=zeros, prompt_lengths=lengths[a:b]
+            ):
+                logits = _run(model, backend, bids, bmask)
+        yield ForwardOutput(logits, bids, bmask)
+
+
+def steered_logits(
+    model: Model,
+    inputs: Inputs,
+    plan: SteeringPlan | None = None,
+    *,
+    backend: str | None = None,
+    batch_size: int = 16,
+    max_tokens: int | None = None,
+) -> ForwardOutput:
+    """Logits of ``inputs`` under ``plan`` (``None``: unsteered), all batches concatenated.
+
+    Returns ``(logits (n, pos, vocab), ids (n, pos), mask (n, pos))``, right-padded to the
+    longest text. For thousands of texts use :func:`iter_steered_logits` instead: the full
+    logits tensor is ``n x pos x vocab`` floats.
+
+    Example:
+        >>> logits, ids, mask = steered_logits(model, ["I went up to my friend"], plan)  # doctest: +SKIP
+    """
+    parts = list(
+        iter_steered_logits(
+            model, inputs, plan, backend=backend, batch_size=batch_size, max_tokens=max_tokens
+        )
+    )
+    width = max(p.ids.shape[1] for p in parts)
+    logits = torch.cat([_pad(p.logits, width, 0.0) for p in parts])  # (n, pos, vocab)
+    ids = torch.cat([_pad(p.ids, width, model.pad_token_id) for p in parts])  # (n, pos)
+    mask = torch.cat([_pad(p.mask, width, 0) for p in parts])  # (n, pos)
+    return ForwardOutput(logits, ids, mask)
+
+
+def _pad(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
+    if t.shape[1] == width:
+        return t
+    shape = (t.shape[0], width - t.shape[1], *t.shape[2:])
+    return torch.cat([t, torch.full(shape, value, dtype=t.dtype)], dim=1)
+
+
+def coefficient_batch(
+    model: Model,
+    entry: PlanEntry | SteeringVector,
+    inputs: Sequence[str],
+    coeffs: Sequence[float],
+    *,
+    backend: str | None = None,
+    batch_size: int = 64,
+    max_tokens: int | None = None,
+) -> ForwardOutput:
+    """Logits of every text under every coefficient, batched (row = coefficient x text).
+
+    ``entry`` is a :class:`PlanEntry` (its layers, position and units are kept, its coefficient
+    replaced) or a bare vector (defaults). Returns logits of shape
+    ``(len(coeffs), len(inputs), pos, vocab)`` with ids and mask ``(len(inputs), pos)``; equal,
+    within float error, to running each coefficient separately.
+    """
+    check(len(coeffs) > 0, "no coefficients given; give at least one")
+    texts = list(inputs)
+    check(len(texts) > 0, "no texts to score; give at least one")
+    base = entry if isinstance(entry, PlanEntry) else PlanEntry(entry, 0.0)
+    plan = SteeringPlan([base.with_coeff([float(c) for c in coeffs for _ in texts])])
+    out = steered_logits(
+        model,
+        texts * len(coeffs),
+        plan,
+        backend=backend,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+    )
+    n = len(texts)
+    logits = out.logits.view(len(coeffs), n, *out.logits.shape[1:])  # (coeffs, texts, pos, vocab)
+    return ForwardOutput(logits, out.ids[:n], out.mask[:n])
