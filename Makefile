@@ -12,7 +12,7 @@ TORCH_INDEX ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo ""; \
 	elif ls $${PIP_FIND_LINKS:-/nonexistent}/torch-*+cpu-*.whl >/dev/null 2>&1; then echo ""; \
 	else echo https://download.pytorch.org/whl/cpu; fi)
 
-.PHONY: setup demo test lint typecheck fast-test bench app clean
+.PHONY: setup demo test lint typecheck imports fast-test bench bench-smoke app clean
 
 setup: $(STAMP)
 
@@ -36,7 +36,11 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-test: lint typecheck
+# The architecture contract (pyproject [tool.importlinter]): every import points down a floor.
+imports: setup
+	$(VENV)/bin/lint-imports
+
+test: lint typecheck imports bench-smoke
 	$(VENV)/bin/pytest -q
 
 fast-test: setup
@@ -44,6 +48,10 @@ fast-test: setup
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+# Every benchmark at toy size (tiny random model, a few rows): a benchmark can never silently rot.
+bench-smoke: setup
+	for b in benchmarks/bench_*.py; do $(PY) $$b --smoke || exit 1; done
 
 app: setup
 	$(VENV)/bin/workbench app

@@ -14,7 +14,7 @@ import streamlit as st
 
 from app import results, state
 from app.widgets import preset
-from workbench.activations.collect import POSITIONS
+from workbench.activations.batches import ROW_POSITIONS
 from workbench.errors import WorkbenchError, check
 from workbench.model.load import Model
 from workbench.vectors.vector import SteeringVector
@@ -78,7 +78,9 @@ def vector_picker(
             key=f"{key}_nset",
             accept_new_options=True,
         )
-        positions = c3.selectbox("Positions", POSITIONS, index=0, key=f"{key}_ppos")
+        positions = c3.selectbox(
+            "Positions", ROW_POSITIONS, index=ROW_POSITIONS.index("last"), key=f"{key}_ppos"
+        )
         return VectorChoice(
             f"{pos_set.removeprefix('builtin:')}-{neg_set.removeprefix('builtin:')}@{layer}",
             lambda: results.vector_from_datasets(name, pos_set, neg_set, layer, positions),

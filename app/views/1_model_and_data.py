@@ -8,7 +8,8 @@ import streamlit as st
 
 from app import results, state
 from app.widgets import attempt
-from workbench.activations.capture import POSITIONS, CaptureProgress, capture
+from workbench.activations.batches import ROW_POSITIONS
+from workbench.activations.capture import CaptureProgress, capture
 from workbench.activations.store import ActivationStore
 from workbench.corpora import load_corpus
 from workbench.model.hooks import SITE_KINDS
@@ -81,7 +82,7 @@ max_tokens = c2.number_input(
     "Tokens per document", min_value=2, value=64, step=16, key="data_tokens"
 )
 site = c3.selectbox("Site", SITE_KINDS, index=SITE_KINDS.index("resid_post"), key="data_site")
-positions = c4.selectbox("Positions", POSITIONS, index=0, key="data_positions")
+positions = c4.selectbox("Positions", ROW_POSITIONS, index=0, key="data_positions")
 layers = st.multiselect(
     "Layers", list(range(model.n_layers)), default=[model.n_layers // 2], key="data_layers"
 )

@@ -11,7 +11,7 @@ import streamlit as st
 from app import results, state
 from app.vector_picker import vector_picker
 from app.widgets import attempt, completion_box, preset, token_passage_html
-from workbench.steer.plan import POSITIONS, PlanEntry, SteeringPlan
+from workbench.steer.plan import STEER_POSITIONS, PlanEntry, SteeringPlan
 from workbench.steer.sampling import ACTADD
 from workbench.vectors.vector import UNITS
 
@@ -64,7 +64,7 @@ else:
     coeff = c2.slider("Coefficient", -4.0, 4.0, step=0.05, key="steer_coeff_norm")
 position = c3.selectbox(
     "Position",
-    ["default", *POSITIONS],
+    ["default", *STEER_POSITIONS],
     key="steer_position",
     help="front/middle/back: a prompt window (aligned vectors); all: every position",
 )

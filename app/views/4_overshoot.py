@@ -14,7 +14,7 @@ from app.vector_picker import vector_picker
 from app.widgets import attempt, completion_box, preset
 from workbench.measure.effects import EFFECT_KINDS
 from workbench.report.plots import sweep_figures
-from workbench.steer.plan import POSITIONS
+from workbench.steer.plan import STEER_POSITIONS
 from workbench.vectors.vector import UNITS
 
 LAST = "overshoot_last"
@@ -41,7 +41,7 @@ st.subheader("Sweep")
 c1, c2, c3 = st.columns([3, 1, 1])
 coeffs = c1.text_input("Coefficients (0 is added)", "0, 1, 2, 4, 8, 16", key="ov_coeffs")
 units = c2.radio("Units", UNITS, horizontal=True, key="ov_units")
-position = c3.selectbox("Position", ["default", *POSITIONS], key="ov_position")
+position = c3.selectbox("Position", ["default", *STEER_POSITIONS], key="ov_position")
 
 c1, c2, c3 = st.columns([2, 2, 1])
 preset("ov_effect", "sentiment")  # suits the default 'Love' - 'Hate' pair

@@ -16,9 +16,9 @@ from workbench.corpora import load_corpus
 from workbench.decompose.fit import fit_from_store, make_dictionary
 from workbench.decompose.inspect import (
     activation_histogram,
+    atom_cosines,
     check_store,
     component_codes,
-    cosine_matrix,
     cosine_report,
     inspect_components,
     logit_lens,
@@ -120,7 +120,7 @@ def test_logit_lens_of_an_unembedding_column_promotes_that_token(
 
 
 def test_cosines(pca: dictionaries.PCA) -> None:
-    np.testing.assert_allclose(cosine_matrix(pca), np.eye(6), atol=1e-5)
+    np.testing.assert_allclose(atom_cosines(pca), np.eye(6), atol=1e-5)
     comp = torch.from_numpy(pca.components_[2].copy())
     vec = SteeringVector({LAYER: -3.0 * comp}, model="m", d_model=64)
     similar, named = cosine_report(pca, 2, {"same": 2.0 * comp.numpy(), "vector": vec}, top=3)

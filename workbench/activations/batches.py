@@ -17,6 +17,9 @@ from workbench.activations.writer import RowBatch
 from workbench.errors import WorkbenchError
 from workbench.model.load import Model
 
+# Which positions of each text become rows: every token, the last one, or their mean (the same
+# choice for a captured store and for a builder's in-memory rows).
+ROW_POSITIONS = ("all", "last", "mean")
 CHUNK_DOCS = 512  # documents sorted together by length; fixed so row order never depends on batch
 
 

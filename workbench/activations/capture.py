@@ -25,7 +25,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from workbench.activations.batches import batches, doc_records, row_count, select_rows, token_counts
+from workbench.activations.batches import (
+    ROW_POSITIONS,
+    batches,
+    doc_records,
+    row_count,
+    select_rows,
+    token_counts,
+)
 from workbench.activations.store import DTYPES, FORMAT, VERSION
 from workbench.activations.writer import StoreWriter, check_destination
 from workbench.corpora import load_corpus
@@ -35,7 +42,6 @@ from workbench.model.load import Model
 
 log = logging.getLogger(__name__)
 
-POSITIONS = ("all", "last", "mean")
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
 DEFAULT_SHARD_ROWS = 16384
 # Where each kind fires inside a block: the stopping hook goes on the last-firing site.
@@ -243,7 +249,7 @@ def _check_args(
     dtype: str,
 ) -> list[int]:
     Site(site, 0)  # raises for an unknown site kind
-    check(positions in POSITIONS, f"unknown positions '{positions}': use all, last or mean")
+    check(positions in ROW_POSITIONS, f"unknown positions '{positions}': use all, last or mean")
     check(dtype in DTYPES, f"unknown dtype '{dtype}': use float16 or float32")
     check(batch_size >= 1, f"batch size must be at least 1, got {batch_size}")
     check(

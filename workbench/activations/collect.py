@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
+from workbench.activations.batches import ROW_POSITIONS
 from workbench.corpora import BUILTIN_PREFIX, load_corpus
 from workbench.errors import WorkbenchError, check
 from workbench.model.hooks import Site, StopForward, backend_for, recording
 from workbench.model.load import Model
 
-POSITIONS = ("last", "mean", "all")
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_TOKENS = 128
 NORM_CORPUS = "builtin:general"
@@ -51,18 +51,6 @@ class TextActivations:
     owner: torch.Tensor
     n_texts: int
     n_truncated: int
-
-
-def load_texts(spec: TextSpec, what: str) -> list[str]:
-    """Load a text set (anything :func:`load_corpus` takes) and refuse an empty one."""
-    if isinstance(spec, str):
-        check(bool(spec.strip()), f"{what} is empty: give a corpus (e.g. builtin:loving)")
-    else:
-        check(len(spec) > 0, f"{what} is empty: give at least one text")
-    try:
-        return load_corpus(spec)
-    except WorkbenchError as e:
-        raise WorkbenchError(f"{what}: {e}") from None
 
 
 def texts_recipe(spec: TextSpec, texts: list[str]) -> dict[str, Any]:
@@ -102,7 +90,7 @@ def check_layers(model: Model, layers: int | Sequence[int]) -> list[int]:
     return sorted(set(items))
 
 
-def check_positions(positions: str, allowed: Sequence[str] = POSITIONS) -> str:
+def check_positions(positions: str, allowed: Sequence[str] = ROW_POSITIONS) -> str:
     check(
         positions in allowed,
         f"unknown positions '{positions}': use one of {', '.join(allowed)}",

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from workbench.activations.capture import DEFAULT_SHARD_ROWS, POSITIONS, capture
+from workbench.activations.batches import ROW_POSITIONS
+from workbench.activations.capture import DEFAULT_SHARD_ROWS, capture
 from workbench.activations.writer import check_destination
 from workbench.errors import WorkbenchError
 from workbench.model.hooks import SITE_KINDS
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--positions",
         default="all",
-        choices=POSITIONS,
+        choices=ROW_POSITIONS,
         help="all tokens but BOS (default), each document's last token, or its mean",
     )
     parser.add_argument(

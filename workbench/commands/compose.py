@@ -25,7 +25,7 @@ from workbench.measure.spec import build_spec
 from workbench.model.load import load_model
 from workbench.parse import integer, number
 from workbench.report.write import write_run
-from workbench.steer.plan import POSITIONS
+from workbench.steer.plan import STEER_POSITIONS
 from workbench.vectors.vector import UNITS
 
 NAME = "compose"
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", action=_Tagged, help="per --vector (default: its layer)")
     parser.add_argument("--target-words", action=_Tagged, help="per --vector: W1,W2,...")
     parser.add_argument("--score", action=_Tagged, choices=("sentiment",), help="per --vector")
-    parser.add_argument("--position", action=_Tagged, choices=POSITIONS, help="per --vector")
+    parser.add_argument("--position", action=_Tagged, choices=STEER_POSITIONS, help="per --vector")
     parser.add_argument("--units", choices=UNITS, default="raw")
     parser.add_argument("--orthogonalize", action="store_true", help="Gram-Schmidt per layer")
     parser.add_argument(

@@ -22,7 +22,7 @@ from workbench.measure.spec import build_spec
 from workbench.model.load import load_model
 from workbench.parse import integer, number
 from workbench.report.write import write_run
-from workbench.steer.plan import POSITIONS
+from workbench.steer.plan import STEER_POSITIONS
 from workbench.vectors.vector import UNITS
 
 NAME = "measure"
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coeff", required=True, help="coefficient")
     parser.add_argument("--layer", default=None, help="layer (default: the vector's)")
     parser.add_argument("--units", choices=UNITS, default="raw")
-    parser.add_argument("--position", choices=POSITIONS, default=None)
+    parser.add_argument("--position", choices=STEER_POSITIONS, default=None)
     parser.add_argument("--out", default=None, help="folder for measure.json and report.html")
     add_effect_arguments(parser)
     add_text_arguments(parser)

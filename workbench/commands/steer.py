@@ -15,7 +15,7 @@ from typing import Any
 from workbench.errors import WorkbenchError
 from workbench.model.load import load_model
 from workbench.steer.generate import side_by_side
-from workbench.steer.plan import POSITIONS, PlanEntry, SteeringPlan
+from workbench.steer.plan import STEER_POSITIONS, PlanEntry, SteeringPlan
 from workbench.steer.sampling import ACTADD
 from workbench.vectors.vector import UNITS, SteeringVector
 
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--position",
         action="append",
-        choices=POSITIONS,
+        choices=STEER_POSITIONS,
         default=None,
         help="front|middle|back|all, once for all vectors or once per vector "
         "(default: front for prompt-aligned vectors, all for directions)",

@@ -27,7 +27,7 @@ from workbench.measure.spec import build_spec
 from workbench.model.load import load_model
 from workbench.parse import integer
 from workbench.report.write import write_run
-from workbench.steer.plan import POSITIONS
+from workbench.steer.plan import STEER_POSITIONS
 from workbench.vectors.vector import UNITS
 
 NAME = "sweep"
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coeffs", required=True, help="comma-separated, e.g. 0,1,2,4,8,16")
     parser.add_argument("--layers", default=None, help="comma-separated; the vector is rebuilt")
     parser.add_argument("--units", choices=UNITS, default="raw", help="coefficient units")
-    parser.add_argument("--position", choices=POSITIONS, default=None, help="where to add")
+    parser.add_argument("--position", choices=STEER_POSITIONS, default=None, help="where to add")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished sweep")

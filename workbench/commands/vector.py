@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workbench.activations.collect import POSITIONS, load_texts
+from workbench.activations.batches import ROW_POSITIONS
+from workbench.corpora import load_text_set
 from workbench.errors import check
 from workbench.model.load import DEFAULT_MODEL, Model, load_model
 from workbench.vectors.vector import SteeringVector
@@ -62,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--layer", type=int, action="append", required=True, help="repeatable")
     _texts(p)
-    p.add_argument("--positions", default="last", choices=POSITIONS)
+    p.add_argument("--positions", default="last", choices=ROW_POSITIONS)
     p.add_argument("--site", default="resid_pre", choices=SITES)
 
     p = _sub(sub, "probe", "logistic-regression probe direction with held-out accuracy", _probe)
@@ -71,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--layer", type=int, required=True)
     _texts(p)
-    p.add_argument("--positions", default="last", choices=POSITIONS)
+    p.add_argument("--positions", default="last", choices=ROW_POSITIONS)
     p.add_argument("--site", default="resid_pre", choices=SITES)
     p.add_argument("--test-size", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
@@ -144,8 +145,8 @@ def _texts_of(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.limit is None:
         return args.pos_file, args.neg_file
     check(args.limit >= 1, f"--limit {args.limit} must be at least 1")
-    pos = load_texts(args.pos_file, "positive text set")[: args.limit]
-    neg = load_texts(args.neg_file, "negative text set")[: args.limit]
+    pos = load_text_set(args.pos_file, "positive text set")[: args.limit]
+    neg = load_text_set(args.neg_file, "negative text set")[: args.limit]
     return pos, neg
 
 

@@ -10,6 +10,14 @@ from workbench.corpora.loader import (
     builtin_path,
     list_builtin,
     load_corpus,
+    load_text_set,
 )
 
-__all__ = ["BUILTIN_PREFIX", "DATA_DIR", "builtin_path", "list_builtin", "load_corpus"]
+__all__ = [
+    "BUILTIN_PREFIX",
+    "DATA_DIR",
+    "builtin_path",
+    "list_builtin",
+    "load_corpus",
+    "load_text_set",
+]

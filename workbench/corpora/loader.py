@@ -91,7 +91,7 @@ def load_corpus(
     Example::
 
         >>> load_corpus("builtin:wedding", limit=2)  # doctest: +ELLIPSIS
-        ['The bride walked slowly down the aisle...', 'The couple exchanged vows...']
+        ["The bride walked slowly down the aisle...", 'The couple exchanged vows...']
         >>> load_corpus(["first document", "", "second document"])
         ['first document', 'second document']
     """
@@ -218,3 +218,24 @@ def _iter_list(items: Sequence[object]) -> Generator[str, None, None]:
             )
         if item.strip():
             yield item
+
+
+def load_text_set(spec: str | Sequence[str], what: str, limit: int | None = None) -> list[str]:
+    """The texts of one option (a file, ``builtin:NAME`` or a list), with every error a one-line
+    message naming ``what`` (e.g. ``"positive text set"``, ``"--off-target"``).
+
+    >>> load_text_set("builtin:wedding", "--on-target", limit=1)  # doctest: +ELLIPSIS
+    ["The bride walked slowly down the aisle on her father's arm..."]
+    >>> load_text_set("", "--on-target")
+    Traceback (most recent call last):
+    workbench.errors.WorkbenchError: --on-target is empty: give a file or builtin:NAME
+    """
+    check(limit is None or limit >= 1, f"the {what} limit must be at least 1, got {limit}")
+    if isinstance(spec, str):
+        check(bool(spec.strip()), f"{what} is empty: give a file or builtin:NAME")
+    else:
+        check(len(spec) > 0, f"{what} is empty: give at least one text")
+    try:
+        return load_corpus(spec, limit=limit)
+    except WorkbenchError as e:
+        raise WorkbenchError(f"{what}: {e}") from None

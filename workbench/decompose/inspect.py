@@ -354,7 +354,7 @@ def cosine_report(
     return similar, named
 
 
-def cosine_matrix(dictionary: Dictionary) -> np.ndarray:
+def atom_cosines(dictionary: Dictionary) -> np.ndarray:
     """Cosine similarity of every pair of components, ``(k, k)``."""
     comps = np.asarray(dictionary.components_, dtype=np.float64)
     return comps @ comps.T

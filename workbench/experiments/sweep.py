@@ -43,7 +43,7 @@ from workbench.measure.effects import (
 )
 from workbench.measure.stats import Estimate
 from workbench.model.load import Model
-from workbench.steer.plan import POSITIONS, PlanEntry
+from workbench.steer.plan import STEER_POSITIONS, PlanEntry
 from workbench.vectors.build import mean_residual_norms, random_like
 from workbench.vectors.vector import UNITS, SteeringVector
 
@@ -105,8 +105,8 @@ class SweepConfig:
         check(len(self.coeffs) >= 2, "a sweep needs at least one coefficient besides 0")
         check(self.units in UNITS, f"unknown units '{self.units}': use raw or norm")
         check(
-            self.position is None or self.position in POSITIONS,
-            f"unknown position '{self.position}': use one of {', '.join(POSITIONS)}",
+            self.position is None or self.position in STEER_POSITIONS,
+            f"unknown position '{self.position}': use one of {', '.join(STEER_POSITIONS)}",
         )
         check(self.attention_prompts >= 0, "attention_prompts must be >= 0")
         check(self.samples_shown >= 0, "samples_shown must be >= 0")

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from workbench.corpora import load_corpus
-from workbench.errors import WorkbenchError, check
+from workbench.corpora import load_text_set
+from workbench.errors import check
 from workbench.model.load import Model
 from workbench.parse import integer, number
 from workbench.steer.sampling import ACTADD, Sampling
@@ -73,19 +73,6 @@ def target_set(model: Model, words: Sequence[str], name: str = "target") -> Targ
         check(found, f"target word {w!r} tokenizes to nothing with {model.name}; use real words")
     tokens = tuple(model.tokenizer.decode([t]) for t in ids)
     return Targets(name=name, words=ws, ids=tuple(ids), tokens=tokens)
-
-
-def load_texts(spec: str | Sequence[str], what: str, limit: int | None = None) -> list[str]:
-    """A text set (file, ``builtin:NAME`` or list) with a one-line error naming ``what``."""
-    check(limit is None or limit >= 1, f"the {what} limit must be at least 1, got {limit}")
-    if isinstance(spec, str):
-        check(bool(spec.strip()), f"the {what} option is empty; give a file or builtin:NAME")
-    try:
-        texts = load_corpus(spec, limit=limit)
-    except WorkbenchError as e:
-        raise WorkbenchError(f"{what}: {e}") from None
-    check(len(texts) > 0, f"the {what} set is empty; give at least one text")
-    return texts
 
 
 @dataclass(frozen=True)
@@ -299,12 +286,14 @@ def build_spec(args: Any, targets: list[Targets], *, sentiment: bool) -> Measure
     n_prompts = integer(args.n_prompts, "--n-prompts", 1)
     need_prompts = n > 0 or bool(targets)
     return MeasureSpec(
-        prompts=load_texts(args.prompts, "--prompts", n_prompts) if need_prompts else [],
+        prompts=load_text_set(args.prompts, "--prompts", n_prompts) if need_prompts else [],
         targets=targets,
         sentiment=sentiment,
-        on_target=load_texts(args.on_target, "--on-target", n_sent) if args.on_target else [],
-        off_target=load_texts(args.off_target, "--off-target", n_sent) if args.off_target else [],
-        neutral=load_texts(args.neutral, "--neutral", integer(args.n_neutral, "--n-neutral", 1)),
+        on_target=load_text_set(args.on_target, "--on-target", n_sent) if args.on_target else [],
+        off_target=load_text_set(args.off_target, "--off-target", n_sent)
+        if args.off_target
+        else [],
+        neutral=load_text_set(args.neutral, "--neutral", integer(args.n_neutral, "--n-neutral", 1)),
         n=n,
         sampling=settings,
         batch_size=integer(args.batch_size, "--batch-size", 1),

@@ -30,7 +30,7 @@ from workbench.errors import WorkbenchError, check
 from workbench.model.load import Model
 from workbench.vectors.vector import UNITS, SteeringVector
 
-POSITIONS = ("front", "middle", "back", "all")
+STEER_POSITIONS = ("front", "middle", "back", "all")
 WINDOWS = ("front", "middle", "back")
 
 
@@ -83,9 +83,9 @@ class PlanEntry:
             raise WorkbenchError(f"unknown coefficient units '{self.units}': use raw or norm")
         if self.position is None:
             self.position = "front" if self.vector.aligned else "all"
-        if self.position not in POSITIONS:
+        if self.position not in STEER_POSITIONS:
             raise WorkbenchError(
-                f"unknown position '{self.position}': use one of {', '.join(POSITIONS)}"
+                f"unknown position '{self.position}': use one of {', '.join(STEER_POSITIONS)}"
             )
         if self.generated is None:
             self.generated = self.position == "all" and not self.vector.aligned

@@ -34,11 +34,11 @@ from workbench.activations.collect import (
     check_layers,
     check_positions,
     collect,
-    load_texts,
     mean_residual_norms,
     texts_from_recipe,
     texts_recipe,
 )
+from workbench.corpora import load_text_set
 from workbench.errors import WorkbenchError, check
 from workbench.model.hooks import Site
 from workbench.model.load import Model
@@ -72,8 +72,8 @@ def _two_sets(
     batch_size: int,
     max_tokens: int,
 ) -> tuple[list[str], list[str], Any, Any]:
-    pos = load_texts(pos_texts, "positive text set")
-    neg = load_texts(neg_texts, "negative text set")
+    pos = load_text_set(pos_texts, "positive text set")
+    neg = load_text_set(neg_texts, "negative text set")
     a = collect(model, pos, sites, positions, batch_size=batch_size, max_tokens=max_tokens)
     b = collect(model, neg, sites, positions, batch_size=batch_size, max_tokens=max_tokens)
     return pos, neg, a, b

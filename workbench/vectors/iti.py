@@ -22,10 +22,10 @@ from workbench.activations.collect import (
     TextSpec,
     check_positions,
     collect,
-    load_texts,
     mean_residual_norms,
     texts_recipe,
 )
+from workbench.corpora import load_text_set
 from workbench.errors import check
 from workbench.model.hooks import Site
 from workbench.model.load import Model
@@ -124,8 +124,8 @@ def from_iti(
         isinstance(k, int) and 1 <= k <= n_total,
         f"k={k} heads is out of range: {model.name} has {n_total} heads (1..{n_total})",
     )
-    pos = load_texts(pos_texts, "positive text set")
-    neg = load_texts(neg_texts, "negative text set")
+    pos = load_text_set(pos_texts, "positive text set")
+    neg = load_text_set(neg_texts, "negative text set")
     train_idx, test_idx = split_texts(len(pos), len(neg), test_size, seed)
     sites = [Site("z", layer) for layer in range(model.n_layers)]
     a = collect(model, pos, sites, positions, batch_size=batch_size, max_tokens=max_tokens)
