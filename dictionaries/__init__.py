@@ -8,6 +8,9 @@ found by name through :mod:`dictionaries.registry`::
     pca.save("runs/pca")
     same = dictionaries.load("runs/pca")
 
+Fit in a scaled space with ``fit(X, scaler=InputScaler("standardize"))``; ``directions_`` are then
+the model-space decoder directions to steer with (:mod:`dictionaries.scaling`).
+
 Backends: ``pca``, ``ica`` (:mod:`dictionaries.linear`), ``dictlearn``
 (:mod:`dictionaries.sparse`), ``sae`` and ``pretrained-sae`` (:mod:`dictionaries.pretrained`).
 """
@@ -17,11 +20,14 @@ from dictionaries.linear import ICA, PCA
 from dictionaries.pretrained import PretrainedSAE
 from dictionaries.quality import reconstruction_quality
 from dictionaries.registry import available, create, get, load, register
+from dictionaries.scaling import SCALES, InputScaler
 from dictionaries.sae import SparseAutoencoder
 from dictionaries.sparse import DictLearn
 
 __all__ = [
     "ICA",
+    "SCALES",
+    "InputScaler",
     "PCA",
     "DictLearn",
     "Dictionary",

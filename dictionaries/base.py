@@ -7,7 +7,13 @@ in an underscore. Whatever the method, a fitted dictionary exposes
 - ``components_``: float32 ``(k, d_model)``, one unit-norm direction in activation space per row;
 - ``encode(X) -> (n, k)`` codes and ``decode(Z) -> (n, d_model)`` activations (numpy float32);
 - ``d_model_``, ``info_`` (:class:`DictionaryInfo`, where the activations came from) and
-  ``fit_stats_`` (rows used, non-finite rows dropped, seconds, backend extras).
+  ``fit_stats_`` (rows used, non-finite rows dropped, seconds, backend extras);
+- ``directions_``: ``(k, d_model)`` unit decoder (writing) directions in the model's own space,
+  what a steering vector adds, and ``reading_directions_`` the encoder (reading) ones.
+
+``fit(X, scaler=InputScaler("standardize"))`` fits in a scaled space (:mod:`dictionaries.scaling`);
+then ``components_`` live in that space, ``encode``/``decode`` still take and return model-space
+activations, and ``directions_`` differ from ``components_``. Without a scaler they are equal.
 
 The dictionary cannot know which model, layer or hook its activations came from, so the caller
 says so, either at fit time or before saving::
@@ -37,6 +43,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
+from dictionaries.scaling import InputScaler
 from workbench.errors import WorkbenchError, check
 from workbench.io import atomic_path, save_tensors
 
@@ -137,6 +144,7 @@ class Dictionary(ABC):
     d_model_: int
     info_: DictionaryInfo
     fit_stats_: dict[str, Any]
+    scaler_: InputScaler | None = None  # the input scaling the backend was fitted under
 
     # -- scikit-learn style parameters ---------------------------------------------------------
 
@@ -155,17 +163,30 @@ class Dictionary(ABC):
 
     # -- fitting --------------------------------------------------------------------------------
 
-    def fit(self: D, X: ArrayLike, info: DictionaryInfo | None = None) -> D:
+    def fit(
+        self: D,
+        X: ArrayLike,
+        info: DictionaryInfo | None = None,
+        *,
+        scaler: InputScaler | None = None,
+    ) -> D:
         """Learn the dictionary from activations ``X`` ``(n, d_model)``; return ``self``.
 
         Rows holding NaN or inf are dropped with a warning and counted in
         ``fit_stats_["dropped_nonfinite_rows"]``. ``info`` records where ``X`` came from.
+        ``scaler`` (fitted here on ``X`` unless already fitted) puts the backend in a scaled
+        space; it is kept as ``scaler_`` and saved with the dictionary.
         """
         start = time.perf_counter()
         X_arr = as_matrix(X)
         X_arr, dropped = drop_nonfinite(X_arr)
         self._begin_fit(X_arr.shape[1], info)
+        if scaler is not None:
+            if not scaler.is_fitted():
+                scaler.fit(X_arr)
+            X_arr = scaler.transform(X_arr)
         extra = self._fit(X_arr)
+        self.scaler_ = scaler
         self._end_fit(X_arr.shape[0], dropped, start, extra)
         return self
 
@@ -180,6 +201,7 @@ class Dictionary(ABC):
         self._validate_params(d_model)
         self.d_model_ = d_model
         self.info_ = info
+        self.scaler_ = None
 
     def _end_fit(
         self, n_rows: int, dropped: int, start: float, extra: dict[str, Any] | None
@@ -211,6 +233,23 @@ class Dictionary(ABC):
         self._check_fitted()
         return int(self.components_.shape[0])
 
+    @property
+    def directions_(self) -> np.ndarray:
+        """``(k, d_model)`` unit decoder directions in the model's space: what moving a code
+        by one adds to the activation (see :mod:`dictionaries.scaling`). Steer with these."""
+        self._check_fitted()
+        if self.scaler_ is None:
+            return self.components_
+        return self.scaler_.decoder_directions(self.components_)
+
+    @property
+    def reading_directions_(self) -> np.ndarray:
+        """``(k, d_model)`` unit encoder (reading) directions in the model's space."""
+        self._check_fitted()
+        if self.scaler_ is None:
+            return self.components_
+        return self.scaler_.encoder_directions(self.components_)
+
     def is_fitted(self) -> bool:
         return hasattr(self, "components_") and hasattr(self, "d_model_")
 
@@ -222,6 +261,8 @@ class Dictionary(ABC):
         self._check_fitted()
         X_arr = as_matrix(X)
         self._check_width(X_arr.shape[1], "X")
+        if self.scaler_ is not None:
+            X_arr = self.scaler_.transform(X_arr)
         return np.asarray(self._encode(X_arr), dtype=np.float32)
 
     def decode(self, Z: ArrayLike) -> np.ndarray:
@@ -234,7 +275,8 @@ class Dictionary(ABC):
             f"codes have {Z_arr.shape[1]} columns but this dictionary has {k} components: "
             "pass the output of encode",
         )
-        return np.asarray(self._decode(Z_arr), dtype=np.float32)
+        X = np.asarray(self._decode(Z_arr), dtype=np.float32)
+        return X if self.scaler_ is None else self.scaler_.inverse_transform(X)
 
     def reconstruct(self, X: ArrayLike) -> np.ndarray:
         """``decode(encode(X))``: the part of ``X`` the dictionary explains, ``(n, d_model)``."""
@@ -316,12 +358,15 @@ class Dictionary(ABC):
             "fit_stats": self.fit_stats_,
             "weights": WEIGHTS_FILE,
             "extra": self._extra_config(),
+            "scaler": None if self.scaler_ is None else self.scaler_.config(),
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` and ``weights.safetensors`` into folder ``path``, atomically."""
         cfg = self.config()
         tensors = self._state()
+        if self.scaler_ is not None:
+            tensors.update(self.scaler_.state())
         with atomic_path(path) as tmp:
             tmp.mkdir(parents=True)
             (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
@@ -348,6 +393,8 @@ class Dictionary(ABC):
         obj.info_ = DictionaryInfo.from_dict(cfg.get("info"))
         obj.fit_stats_ = dict(cfg.get("fit_stats") or {})
         try:
+            if cfg.get("scaler"):
+                obj.scaler_ = InputScaler.from_saved(cfg["scaler"], tensors)
             obj._load_state(tensors, dict(cfg.get("extra") or {}))
         except KeyError as e:
             raise WorkbenchError(

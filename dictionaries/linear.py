@@ -8,8 +8,6 @@ signed so that each source is positively skewed (it "fires" in the + direction).
 
 from __future__ import annotations
 
-import dataclasses
-import time
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -27,6 +25,7 @@ from dictionaries.base import (
     unit_rows,
 )
 from dictionaries.registry import register
+from dictionaries.scaling import InputScaler, Moments
 from workbench.errors import check
 
 
@@ -35,30 +34,6 @@ def _check_k_fits(k: int, d_model: int, method: str) -> None:
         k <= d_model,
         f"{method} n_components={k} is out of range for d_model={d_model}: choose 1..{d_model}",
     )
-
-
-@dataclasses.dataclass
-class _Moments:
-    """Running count, mean and centred scatter matrix in float64 (memory d_model², any rows)."""
-
-    n: int
-    mean: np.ndarray  # (d,)
-    scatter: np.ndarray  # (d, d): sum of (x - mean)(x - mean)^T
-    dropped: int = 0
-    start: float = dataclasses.field(default_factory=time.perf_counter)
-
-    def add(self, X: np.ndarray) -> None:
-        """Merge a batch with Chan et al.'s pairwise update (no sum-of-squares cancellation)."""
-        X64 = X.astype(np.float64, copy=False)
-        nb = X64.shape[0]
-        mean_b = X64.mean(axis=0)  # (d,)
-        Xc = X64 - mean_b  # (nb, d)
-        scatter_b = Xc.T @ Xc  # (d, d)
-        delta = mean_b - self.mean  # (d,)
-        total = self.n + nb
-        self.scatter += scatter_b + np.outer(delta, delta) * (self.n * nb / total)
-        self.mean += delta * (nb / total)
-        self.n = total
 
 
 @register("pca")
@@ -78,7 +53,7 @@ class PCA(Dictionary):
     mean_: np.ndarray  # (d_model,) float32
     explained_variance_: np.ndarray  # (k,) float64
     explained_variance_ratio_: np.ndarray  # (k,) float64
-    _moments: _Moments | None  # running statistics of a streaming fit
+    _moments: Moments | None  # running statistics of a streaming fit
 
     def __init__(self, n_components: int = 16, whiten: bool = False) -> None:
         self.n_components = n_components
@@ -115,7 +90,7 @@ class PCA(Dictionary):
         if moments is None:
             self._begin_fit(X_arr.shape[1], info)
             d = X_arr.shape[1]
-            moments = self._moments = _Moments(0, np.zeros(d), np.zeros((d, d)))
+            moments = self._moments = Moments.empty(d)
         else:
             self._check_width(X_arr.shape[1], "batch")
         moments.dropped += int((~finite).sum())
@@ -144,12 +119,29 @@ class PCA(Dictionary):
         self._end_fit(moments.n, moments.dropped, moments.start, {"solver": "streaming"})
         return self
 
-    def fit_stream(self, batches: Iterable[ArrayLike], info: DictionaryInfo | None = None) -> PCA:
-        """Streaming fit over an iterable of ``(n_i, d_model)`` batches; return ``self``."""
+    def fit_stream(
+        self,
+        batches: Iterable[ArrayLike],
+        info: DictionaryInfo | None = None,
+        *,
+        scaler: InputScaler | None = None,
+    ) -> PCA:
+        """Streaming fit over an iterable of ``(n_i, d_model)`` batches; return ``self``.
+
+        ``scaler`` must be fitted already (on the same rows, e.g. by its own streaming pass):
+        each batch is scaled before it is accumulated, and the scaler is kept as ``scaler_``.
+        """
+        check(
+            scaler is None or scaler.is_fitted(),
+            "fit_stream needs a fitted scaler: fit it on the rows first (partial_fit, finalize)",
+        )
         self._moments = None
         for batch in batches:
-            self.partial_fit(batch, info)
-        return self.finalize()
+            x = batch if scaler is None else scaler.transform(as_matrix(batch, "batch"))
+            self.partial_fit(x, info)
+        self.finalize()
+        self.scaler_ = scaler
+        return self
 
     # -- shared ---------------------------------------------------------------------------------
 

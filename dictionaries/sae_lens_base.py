@@ -78,6 +78,11 @@ class _SAELensBackend(Dictionary):
         (``SAE.load_from_disk(path)``) and other tools see where the SAE belongs.
         """
         self._check_fitted()
+        check(
+            self.scaler_ is None,
+            f"this SAE was fitted on {self.scaler_.scale if self.scaler_ else ''}-scaled "
+            "activations, which SAELens cannot express: refit with scale='none' to export it",
+        )
         meta = self.sae_.cfg.metadata
         if self.info_.model is not None:
             meta.model_name = self.info_.model
