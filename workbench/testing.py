@@ -100,3 +100,84 @@ def make_tiny_model(
     model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+def planted_store(
+    path: Path,
+    model: Any,
+    *,
+    layer: int = 1,
+    n_docs: int = 60,
+    rows_per_doc: int = 8,
+    strength: float = 4.0,
+    massive: float = 20.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Write a store of synthetic rows with a planted document-level property; return its
+    unit direction ``(d_model,)``.
+
+    Every row is noise with per-dimension scales spanning two decades; half of the documents
+    (alternating) add ``+strength x median noise norm / sqrt(d)`` along the planted direction, the
+    other half subtract it; the first row of every document is a "massive activation"
+    (``massive`` x the median norm along dimension 0), as on real models' first token. The
+    store is ``model``'s (name, width), site ``resid_pre`` at ``layer``, so discovery runs on it.
+    """
+    from workbench.activations.store import FORMAT, VERSION
+    from workbench.activations.writer import RowBatch, StoreWriter
+    from workbench.corpora import load_corpus
+
+    g = torch.Generator().manual_seed(seed)
+    d = int(model.d_model)
+    texts = load_corpus("builtin:general", limit=n_docs)
+    n_texts = len(texts)
+    scales = torch.logspace(-1, 1, d)  # (d,)
+    u = torch.randn(d, generator=g)
+    u = u / u.norm()
+    n = n_texts * rows_per_doc
+    doc = torch.arange(n_texts).repeat_interleave(rows_per_doc)  # (n,)
+    pos = torch.arange(1, rows_per_doc + 1).repeat(n_texts)  # (n,) BOS is position 0
+    X = torch.randn(n, d, generator=g) * scales  # (n, d)
+    ref = float(X.norm(dim=1).median())
+    sign = torch.where(doc % 2 == 0, 1.0, -1.0)  # (n,)
+    X += (sign * strength * ref / d**0.5)[:, None] * u
+    X[pos == 1, 0] += massive * ref
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.name,
+        "model_info": {},
+        "site": "resid_pre",
+        "layers": [layer],
+        "positions": "all",
+        "dtype": "float32",
+        "width": d,
+        "row_shape": [d],
+        "bos": True,
+        "backend": "hf",
+        "batch_size": 1,
+        "shard_rows": 128,
+        "max_tokens": None,
+        "n_docs": n_texts,
+        "corpus": {"source": "planted", "n_docs": n_texts},
+        "corpus_sha256": "",
+        "truncation": {"limit": 512, "n_truncated": 0, "action": "", "docs": []},
+    }
+    docs = []
+    for i, t in enumerate(texts):
+        step = max(1, len(t) // rows_per_doc)
+        spans = [[j * step, min(len(t), (j + 1) * step)] for j in range(rows_per_doc)]
+        docs.append({"doc": i, "text": t, "n_tokens": rows_per_doc + 1, "offsets": spans})
+    writer = StoreWriter.create(path, manifest, docs)
+    writer.add(
+        RowBatch(
+            acts={layer: X},
+            doc=doc,
+            pos=pos,
+            token=torch.zeros(n, dtype=torch.long),
+            row_norm=X.norm(dim=1, keepdim=True).double(),
+            resid_sum=X.norm(dim=1, keepdim=True).double(),
+            resid_count=torch.ones(n, dtype=torch.long),
+        )
+    )
+    writer.finish()
+    return u

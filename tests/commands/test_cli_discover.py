@@ -18,7 +18,18 @@ from workbench.corpora import load_corpus
 from workbench.model.load import Model
 from workbench.vectors.vector import SteeringVector
 
-FAST = ["--n-prompts", "2", "--n-damage", "2", "--max-new-tokens", "3", "--batch-size", "16"]
+FAST = [
+    "--n-prompts",
+    "2",
+    "--n-damage",
+    "2",
+    "--max-new-tokens",
+    "3",
+    "--batch-size",
+    "16",
+    "--n-random",
+    "2",
+]
 DECOMPOSE_KEYS = {
     "method",
     "k",
@@ -197,9 +208,8 @@ def test_discover_json_with_a_store(
     )
     assert (res["layer"], res["method"], res["k"], res["model"]) == (1, "pca", 3, tiny_model.name)
     cands = res["candidates"]
-    assert len(cands) == 6 and [c["score"] for c in cands] == sorted(
-        (c["score"] for c in cands), reverse=True
-    )
+    keys = [(c["inert"], -c["score"]) for c in cands]
+    assert len(cands) == 6 and keys == sorted(keys)
     for c in cands:
         assert {
             "index",
@@ -207,12 +217,18 @@ def test_discover_json_with_a_store(
             "label",
             "top_tokens",
             "effect",
-            "damage",
+            "effect_vs_random",
+            "suggested_coeff",
+            "ppl_ratio",
+            "inert",
             "score",
             "vector_path",
-            "completion",
+            "completions",
+            "contrastive_words",
+            "between_doc_share",
         } <= set(c)
         assert SteeringVector.load(c["vector_path"]).info["index"] == c["index"]
+    assert res["input_hygiene"]["max_norm_ratio"] == 3.0 and res["rank_by"] == "combined"
     assert dictionaries.load(out / "dictionary").n_components_ == 3
     assert json.loads((out / "discover.json").read_text())["candidates"] == cands
     assert "already exists" in _error(
@@ -273,4 +289,11 @@ def test_discover_errors(
     err = _error(capsys, [*base, "--acts", str(acts), "--dictionary", str(tmp_path / "narrow")])
     assert "d_model=32" in err and "d_model=64" in err
     assert "out of range" in _error(capsys, [*base, "--acts", str(acts), "--k", "100"])
+    assert "damage budget" in _error(capsys, [*base, "--acts", str(acts), "--damage-budget", "1"])
+    assert "30 documents but --k asks for 40" in _error(
+        capsys, [*base, "--acts", str(acts), "--k", "40"]
+    )
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n')
+    assert "one label only" in _error(capsys, [*base, "--acts", str(acts), "--concepts", str(one)])
     assert not out.exists()

@@ -13,14 +13,19 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dictionaries.scaling import SCALES
 from workbench.commands.decompose import check_out
+from workbench.decompose.concepts import Concepts, load_concepts
+from workbench.decompose.discover import RANKINGS
+from workbench.decompose.hygiene import DEFAULT_MAX_NORM_RATIO, DEFAULT_SCALE, Hygiene
 from workbench.errors import check
 from workbench.model.hooks import SITE_KINDS
 from workbench.model.load import DEFAULT_MODEL, Model
 from workbench.parse import parse_params
 
 if TYPE_CHECKING:
-    from workbench.decompose.discover import Discovery, ProbeSettings
+    from workbench.decompose.discover import Discovery
+    from workbench.decompose.trials import TrialSettings
 
 NAME = "discover"
 HELP = "find candidate steering vectors: decompose a layer's activations and rank the components"
@@ -32,8 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--corpus", default=None, help="builtin:NAME, .txt or .jsonl to capture")
     parser.add_argument("--acts", default=None, help="reuse this activation store instead")
-    parser.add_argument("--layer", type=int, required=True)
-    parser.add_argument("--method", default="pca", help="pca, ica, dictlearn, sae, pretrained-sae")
+    parser.add_argument(
+        "--layer",
+        type=int,
+        required=True,
+        help="layer L; with resid_pre the input of block L (transformers' hidden_states[L])",
+    )
+    parser.add_argument(
+        "--method", default="pca", help="pca (default), ica, dictlearn, sae, pretrained-sae"
+    )
     parser.add_argument("--k", type=int, default=16, help="number of components (default 16)")
     parser.add_argument(
         "--param",
@@ -51,22 +63,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--positions", default="all", choices=("all", "last", "mean"))
     parser.add_argument("--max-tokens", type=int, default=64, help="cut captured documents")
-    parser.add_argument(
+    hyg = parser.add_argument_group("input hygiene (before the fit)")
+    hyg.add_argument(
+        "--max-norm-ratio",
+        type=float,
+        default=DEFAULT_MAX_NORM_RATIO,
+        help="drop rows whose norm exceeds this multiple of the median row norm (the massive "
+        f"first-token activations); 0 keeps every row (default {DEFAULT_MAX_NORM_RATIO:g})",
+    )
+    hyg.add_argument(
+        "--skip-first", type=int, default=0, help="drop the first N real tokens of each document"
+    )
+    hyg.add_argument(
         "--scale",
-        type=float,
-        default=1.0,
-        help="probe coefficient in units of the layer's mean residual norm",
+        choices=SCALES,
+        default=DEFAULT_SCALE,
+        help=f"fit in this space (default {DEFAULT_SCALE}); vectors are mapped back to the "
+        "model's space as decoder directions",
     )
+    trial = parser.add_argument_group("calibration and ranking")
+    trial.add_argument(
+        "--damage-budget",
+        type=float,
+        default=1.25,
+        help="held-out perplexity ratio each candidate's suggested coefficient may reach "
+        "(default 1.25)",
+    )
+    trial.add_argument(
+        "--rank-by",
+        choices=RANKINGS,
+        default="combined",
+        help="combined (default: between-document share x effect over random controls), or "
+        "one signal alone",
+    )
+    trial.add_argument(
+        "--n-random", type=int, default=4, help="random control directions (default 4)"
+    )
+    trial.add_argument("--n-prompts", type=int, default=8, help="neutral prompts for the effect")
+    trial.add_argument("--n-damage", type=int, default=6, help="held-out texts for the damage")
+    trial.add_argument("--max-new-tokens", type=int, default=16, help="sampled completion length")
+    trial.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
     parser.add_argument(
-        "--completion-scale",
-        type=float,
-        default=0.5,
-        help="coefficient (norm units) of the sample completion",
+        "--concepts",
+        default=None,
+        help="JSONL with text and label: report each candidate's AUROC and cosine against them",
     )
-    parser.add_argument("--n-prompts", type=int, default=8, help="neutral probe prompts")
-    parser.add_argument("--n-damage", type=int, default=8, help="held-out texts for damage")
-    parser.add_argument("--max-new-tokens", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=32, help="rows per forward pass")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -85,13 +126,18 @@ def run_discovery(
     site: str = "resid_pre",
     positions: str = "all",
     max_tokens: int | None = 64,
-    settings: ProbeSettings | None = None,
+    hygiene: Hygiene | None = None,
+    settings: TrialSettings | None = None,
+    rank_by: str = "combined",
+    concepts: str | Concepts | None = None,
     overwrite: bool = False,
 ) -> Discovery:
     """The whole ``discover`` pipeline on a loaded model; writes folder ``out`` atomically."""
     import dictionaries
     from workbench.activations.capture import capture
     from workbench.activations.store import ActivationStore
+    from workbench.corpora import load_corpus
+    from workbench.decompose.concepts import concept_report
     from workbench.decompose.discover import discover
     from workbench.decompose.fit import fit_from_store, make_dictionary
     from workbench.io import atomic_path
@@ -99,6 +145,7 @@ def run_discovery(
     final = Path(out)
     check_out(final, overwrite, acts)
     check((corpus is None) != (acts is None), "give exactly one of --corpus and --acts")
+    labelled = load_concepts(concepts) if isinstance(concepts, str) else concepts
     if dictionary is not None:
         fitted = dictionaries.load(dictionary)
     else:
@@ -106,12 +153,15 @@ def run_discovery(
         width = model.n_heads * model.d_head if site == "z" else model.d_model
         fitted._validate_params(width)  # refuse a bad k before the (slow) capture
     model.check_layer(layer)
+    if corpus is not None:
+        docs = load_corpus(corpus)
+        _check_docs(len(docs), k, dictionary is None)
     with atomic_path(final) as tmp:
         tmp.mkdir(parents=True)
         if acts is None:
             capture(
                 model,
-                str(corpus),
+                docs,
                 [layer],
                 site=site,
                 positions=positions,
@@ -122,22 +172,34 @@ def run_discovery(
             store = ActivationStore.open(tmp / "acts")
         else:
             store = ActivationStore.open(acts)
+            _check_docs(len(store.docs()), k, dictionary is None)
         if dictionary is None:
-            fit_from_store(fitted, store, layer)
+            fit_from_store(fitted, store, layer, hygiene=hygiene)
         fitted.save(tmp / "dictionary")
-        result = discover(model, fitted, store, layer=layer, settings=settings)
+        result = discover(model, fitted, store, layer=layer, settings=settings, rank_by=rank_by)
         result.extra = {
             "store": str(final / "acts") if acts is None else str(acts),
             "dictionary": str(final / "dictionary"),
             "dropped_nonfinite_rows": int(fitted.fit_stats_.get("dropped_nonfinite_rows", 0)),
         }
+        if labelled is not None:
+            result.extra["concepts"] = concept_report(model, fitted, result, labelled)
         result.save(tmp, record_as=final)
     return result
 
 
+def _check_docs(n_docs: int, k: int, fitting: bool) -> None:
+    check(n_docs >= 2, f"the corpus has {n_docs} document: discovery needs at least 2")
+    check(
+        not fitting or n_docs >= k,
+        f"the corpus has {n_docs} documents but --k asks for {k} components: give at least {k} "
+        "documents or lower --k",
+    )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.activations.store import ActivationStore
-    from workbench.decompose.discover import ProbeSettings
+    from workbench.decompose.trials import TrialSettings
     from workbench.model.load import load_model
 
     check(
@@ -146,6 +208,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     name = args.model
     site = args.site or "resid_pre"
+    hygiene = Hygiene(
+        max_norm_ratio=args.max_norm_ratio or None, skip_first=args.skip_first, scale=args.scale
+    )
+    settings = TrialSettings(
+        damage_budget=args.damage_budget,
+        n_prompts=args.n_prompts,
+        n_damage=args.n_damage,
+        max_new_tokens=args.max_new_tokens,
+        n_random=args.n_random,
+        batch_size=args.batch_size,
+    )
+    concepts = load_concepts(args.concepts) if args.concepts is not None else None
     if args.acts is not None:
         store = ActivationStore.open(args.acts)
         store.check_layer(args.layer)
@@ -160,14 +234,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"--acts {args.acts} holds site {store.site}, not --site {args.site}: drop --site",
         )
         name, site = stored, store.site
-    settings = ProbeSettings(
-        scale=args.scale,
-        completion_scale=args.completion_scale,
-        n_prompts=args.n_prompts,
-        n_damage=args.n_damage,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-    )
     result = run_discovery(
         load_model(name or DEFAULT_MODEL),
         layer=args.layer,
@@ -181,7 +247,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         site=site,
         positions=args.positions,
         max_tokens=args.max_tokens,
+        hygiene=hygiene,
         settings=settings,
+        rank_by=args.rank_by,
+        concepts=concepts,
         overwrite=args.overwrite,
     )
     return {**result.to_json(), "out": str(args.out)}
@@ -189,17 +258,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     coeff = result["coefficient"]
+    ctrl = result["controls"]
     lines = [
         f"{len(result['candidates'])} candidates from {result['method']} (k={result['k']}) at "
-        f"layer {result['layer']} ({result['site']}) of {result['model']}, probed at "
-        f"{coeff['scale']} x mean residual norm ({coeff['mean_norm']:.3g}); saved to "
-        f"{result['out']}",
-        f"unsteered: {result['unsteered_completion']!r}",
-        f"{'rank':>4}  {'score':>8}  {'effect':>7}  {'damage':>7}  label / completion",
+        f"{result['layer_convention']} of {result['model']}; saved to {result['out']}",
+        f"coefficients in units of the layer's mean residual norm ({coeff['mean_norm']:.3g}), "
+        f"calibrated to a held-out perplexity ratio of {result['settings']['damage_budget']:g}; "
+        f"random controls' median effect {_g(ctrl.get('median_effect'))} nats",
+        f"ranked by {result['rank_by']}; unsteered: {result['unsteered_completions'][0]!r}",
+        f"{'rank':>4}  {'coeff':>6}  {'ppl':>5}  {'effect':>6}  {'xrand':>5}  {'betw':>5}  label",
     ]
     for rank, c in enumerate(result["candidates"], 1):
+        flag = "  (inert)" if c["inert"] else ""
         lines.append(
-            f"{rank:>4}  {c['score']:>8.3g}  {c['effect']:>7.3f}  {c['damage']:>7.3f}  "
-            f"{c['label']}\n{'':>34}{c['completion']!r}"
+            f"{rank:>4}  {_g(c['suggested_coeff']):>6}  {_g(c['ppl_ratio']):>5}  "
+            f"{c['effect']:>6.3f}  {_g(c['effect_vs_random']):>5}  "
+            f"{_g(c['between_doc_share']):>5}  {c['label']}{flag}"
+        )
+        if c["completions"]:
+            lines.append(f"{'':>6}{c['completions'][0]!r}")
+    for row in result.get("concepts", {}).get("best", []):
+        lines.append(
+            f"concept {row['label']!r}: best candidate {row['candidate']} (rank {row['rank']}), "
+            f"AUROC {row['auroc']:.3f}, cosine with the labelled mean difference "
+            f"{row['cosine']:+.3f}"
         )
     return "\n".join(lines)
+
+
+def _g(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"

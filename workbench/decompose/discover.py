@@ -1,38 +1,41 @@
-"""Discovery: dictionary components -> ranked, labelled candidate steering vectors.
+"""Discovery: dictionary components -> calibrated, ranked, labelled candidate steering vectors.
 
-Each component ``i`` gives two candidates, ``+c_i`` and ``-c_i`` (unit directions built with
-:func:`workbench.vectors.dictionary.from_component`). Every candidate is probed at coefficient
-``scale`` in units of the layer's mean residual norm (the vector's ``layer_norms``, so
-``--coeff SCALE --units norm`` reproduces it), added at every position:
+Each component ``i`` gives two candidates, ``+c_i`` and ``-c_i``: its model-space decoder
+direction (:attr:`dictionaries.base.Dictionary.directions_`, built with
+:func:`workbench.vectors.dictionary.from_component`) and its negation. For each:
 
-- ``effect``: mean over the probe prompts (``builtin:neutral_prompts``) of
-  ``KL(steered || unsteered)`` of the next token after the prompt, in nats;
-- ``damage``: how much worse the steered model predicts held-out neutral text (the last
-  ``n_damage`` documents of ``builtin:general``; the norm statistics use its first 32): the mean
-  over texts of (steered - unsteered) next-token loss, in nats per token, floored at 0. It is
-  the log of the geometric-mean perplexity ratio, reported as ``ppl_ratio``;
-- ``score = effect / (damage + eps)``: effect per unit of side effect. Candidates are ranked by it;
-- ``top_tokens``: the tokens whose next-token probability rises most, averaged over prompts;
-- ``label``: the top 3 logit-lens tokens of the signed direction (cosine ranking, see
-  :func:`workbench.decompose.inspect.logit_lens`) and the most common token of its top contexts;
-- ``completion``: a greedy continuation of the first probe prompt at ``completion_scale``.
+1. **store-side statistics** (:mod:`~workbench.decompose.component_stats`, no model run): share
+   of variance, share of variance *between documents*, how often it fires, the documents at
+   each end;
+2. **calibration** (:mod:`~workbench.decompose.trials`): the largest coefficient, in units of
+   the layer's mean residual norm, at which held-out perplexity stays within the damage budget
+   (ratio 1.25 by default). ``suggested_coeff`` is that value: ``workbench steer --units norm
+   --coeff SUGGESTED`` reproduces it;
+3. **effect at that coefficient**: next-token KL on neutral prompts, the tokens it promotes,
+   sampled completions (ActAdd settings, the same noise for every candidate and for the
+   unsteered baseline) and the **contrastive words** that rise in them;
+4. **controls**: ``n_random`` norm-matched random directions go through the same calibration and
+   effect measurement; ``effect_vs_random`` is a candidate's KL over their median KL. A
+   candidate no stronger than a random direction at the same damage is **inert**;
+5. **ranking** (``rank_by``, see :data:`RANKINGS`): by default ``combined`` = between-document
+   share x ``effect_vs_random``, inert candidates last. Why: a concept (topic, sentiment,
+   register) is a property of whole documents, so its component varies between documents more
+   than within them; and a steering vector is only useful if, within the damage budget, it
+   changes the model's output more than a random direction does. Either signal alone ranks
+   artefacts first: variance alone finds first-token and punctuation directions, effect alone
+   finds directions that push one token;
+6. **labels** (:mod:`~workbench.decompose.labels`): contrastive words plus the start of the top
+   document; logit-lens tokens are kept as secondary evidence.
 
-Batching: rows are (candidate, text) pairs, unsteered rows included, run ``batch_size`` rows per
-forward pass; one hook (:func:`row_steering`) adds row ``r``'s own vector. (A steering plan
-gives every row the same vectors, only the coefficients may differ per row, so one plan per
-candidate would need one forward pass per candidate.)
-
-Fitting a dictionary on a store is :func:`workbench.decompose.fit.fit_from_store`; the whole
-pipeline behind ``workbench discover`` (capture or reuse a store, fit, probe, rank, write the
-output folder atomically) is :func:`workbench.commands.discover.run_discovery`.
+Fitting a dictionary on a store (with input hygiene) is
+:func:`workbench.decompose.fit.fit_from_store`; the whole pipeline behind ``workbench discover``
+is :func:`workbench.commands.discover.run_discovery`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,79 +46,61 @@ import torch
 from dictionaries.base import Dictionary
 from workbench.activations.store import ActivationStore
 from workbench.corpora import load_corpus
-from workbench.decompose.inspect import (
-    check_store,
-    component_codes,
-    logit_lens,
-    most_common_token,
-    top_contexts,
-)
+from workbench.decompose.component_stats import ComponentStats, DocExample, component_stats
+from workbench.decompose.inspect import check_store, component_codes, logit_lens
+from workbench.decompose.labels import candidate_label, contrastive_words
+from workbench.decompose.trials import Calibration, Trials, TrialSettings, row_steering
 from workbench.errors import check
 from workbench.io import write_json
-from workbench.measure.metrics import next_token_kl, token_logprobs
-from workbench.model.hooks import Site, backend_for, hooks_applied
+from workbench.model.hooks import Site, backend_for
 from workbench.model.load import Model
-from workbench.steer.forward import encode_inputs, steered_logits
-from workbench.steer.generate import generate_rows
-from workbench.steer.sampling import Sampling
 from workbench.vectors.dictionary import from_component
 from workbench.vectors.vector import SteeringVector
 
-
-@dataclass
-class ProbeSettings:
-    """How candidates are probed and ranked (see the module docstring for the definitions)."""
-
-    scale: float = 1.0
-    completion_scale: float = 0.5
-    prompts: str = "builtin:neutral_prompts"
-    n_prompts: int = 8
-    damage_texts: str = "builtin:general"
-    n_damage: int = 8
-    damage_max_tokens: int = 32
-    max_new_tokens: int = 12
-    n_top_tokens: int = 5
-    eps: float = 0.01
-    batch_size: int = 32
-    n_contexts: int = 10
-
-    def __post_init__(self) -> None:
-        for name in ("scale", "completion_scale", "eps"):
-            value = float(getattr(self, name))
-            check(math.isfinite(value) and value > 0, f"{name}={value} must be a positive number")
-        for name in ("n_prompts", "n_damage", "max_new_tokens", "n_top_tokens", "batch_size"):
-            check(int(getattr(self, name)) >= 1, f"{name}={getattr(self, name)} must be >= 1")
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+RANKINGS = ("combined", "between", "effect", "variance")
 
 
 @dataclass
 class Candidate:
-    """One signed component, probed. ``vector`` is saved by :meth:`Discovery.save`."""
+    """One signed component, calibrated and described. ``vector`` is saved by
+    :meth:`Discovery.save` (coefficient 1 = one mean residual norm, ``--units norm``)."""
 
     index: int
     sign: int
     label: str
-    top_tokens: list[str]
+    suggested_coeff: float | None
+    ppl_ratio: float | None
+    capped: bool
     effect: float
-    damage: float
+    effect_vs_random: float | None
+    inert: bool
     score: float
-    ppl_ratio: float
-    completion: str
+    contrastive_words: list[str]
+    completions: list[str]
+    top_tokens: list[str]
     lens_tokens: list[str]
-    context_token: str | None
+    variance_share: float
+    between_doc_share: float | None
+    active_fraction: float
+    docs: list[DocExample]
+    opposite_docs: list[DocExample]
     vector: SteeringVector = field(repr=False)
     vector_path: str | None = None
-    explained_variance_ratio: float | None = None
+    concept: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
         return f"c{self.index:03d}{'pos' if self.sign > 0 else 'neg'}"
 
     def to_json(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        del out["vector"]
+        out: dict[str, Any] = {"name": self.name}
+        for f in dataclasses.fields(self):
+            if f.name == "vector":
+                continue
+            value = getattr(self, f.name)
+            if f.name in ("docs", "opposite_docs"):
+                value = [d.to_json() for d in value]
+            out[f.name] = value
         return out
 
 
@@ -129,26 +114,34 @@ class Discovery:
     method: str
     k: int
     candidates: list[Candidate]
-    settings: ProbeSettings
-    unsteered_completion: str
+    settings: TrialSettings
+    rank_by: str
+    unsteered_completions: list[str]
     mean_norm: float
+    controls: dict[str, Any]
+    hygiene: dict[str, Any] | None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
+            "layer_convention": f"{self.site} of layer {self.layer}"
+            + (
+                f": the input of block {self.layer} (= transformers' hidden_states[{self.layer}])"
+                if self.site == "resid_pre"
+                else ""
+            ),
             "method": self.method,
             "k": self.k,
             "model": self.model,
             "site": self.site,
-            "coefficient": {
-                "scale": self.settings.scale,
-                "units": "norm",
-                "mean_norm": self.mean_norm,
-            },
+            "coefficient": {"units": "norm", "mean_norm": self.mean_norm},
+            "rank_by": self.rank_by,
             "definitions": DEFINITIONS,
             "settings": self.settings.to_json(),
-            "unsteered_completion": self.unsteered_completion,
+            "input_hygiene": self.hygiene,
+            "controls": self.controls,
+            "unsteered_completions": self.unsteered_completions,
             **self.extra,
             "candidates": [c.to_json() for c in self.candidates],
         }
@@ -167,10 +160,13 @@ class Discovery:
                 "label": c.label,
                 "discover": {
                     "effect": c.effect,
-                    "damage": c.damage,
+                    "effect_vs_random": c.effect_vs_random,
+                    "ppl_ratio": c.ppl_ratio,
+                    "inert": c.inert,
                     "score": c.score,
-                    "suggested_coeff": self.settings.scale,
+                    "suggested_coeff": c.suggested_coeff,
                     "units": "norm",
+                    "damage_budget": self.settings.damage_budget,
                 },
             }
             vec = dataclasses.replace(c.vector, info=info)
@@ -180,128 +176,108 @@ class Discovery:
 
 
 DEFINITIONS = {
-    "effect": "mean KL(steered || unsteered) of the next token after each probe prompt, nats",
-    "damage": "max(0, mean over held-out neutral texts of steered minus unsteered next-token "
-    "loss), nats per token (= log geometric-mean perplexity ratio)",
-    "score": "effect / (damage + eps)",
-    "top_tokens": "tokens whose next-token probability rises most, mean over probe prompts",
-    "label": "top 3 logit-lens tokens of the signed direction (cosine ranking) | most common "
-    "token of its top-activating contexts",
+    "suggested_coeff": "largest coefficient (units: mean residual norm of the layer, as "
+    "`workbench steer --units norm`) whose held-out perplexity ratio stays within the damage "
+    "budget; null when even the smallest tried coefficient breaks it",
+    "ppl_ratio": "held-out perplexity ratio (steered / unsteered, geometric mean over texts) at "
+    "suggested_coeff",
+    "capped": "the search reached its largest coefficient without crossing the budget",
+    "effect": "mean KL(steered || unsteered) of the next token after each neutral prompt at "
+    "suggested_coeff, nats",
+    "effect_vs_random": "effect over the median effect of norm-matched random directions "
+    "calibrated the same way",
+    "inert": "effect_vs_random <= 1 (no stronger than a random direction at the same damage), "
+    "or no coefficient within the budget",
+    "between_doc_share": "share of the component's variance between documents (vs between "
+    "tokens of one document); null for one row per document",
+    "variance_share": "variance of the component's code over the total variance of the "
+    "(scaled) rows it was fitted on",
+    "active_fraction": "fraction of rows whose code lies over 2 standard deviations from the mean "
+    "in this candidate's direction",
+    "score": "the ranking value of rank_by: combined = between_doc_share (variance_share when "
+    "null) x effect_vs_random; between, effect, variance = that signal alone; inert candidates "
+    "rank last whatever the score",
+    "contrastive_words": "words that rise most in steered over unsteered sampled completions of "
+    "the same prompts under the same noise",
+    "top_tokens": "tokens whose next-token probability rises most, mean over neutral prompts",
+    "lens_tokens": "top logit-lens tokens of the direction (cosine ranking), secondary evidence",
+    "label": "contrastive words | start of the document where the code is highest for this sign",
 }
 
 
-# --------------------------------------------------------------------------- per-row steering
-
-
-class RowSteering:
-    """Set ``deltas`` ``(rows, *feat)`` before a forward pass: row ``r`` gets ``deltas[r]``."""
-
-    deltas: torch.Tensor | None = None
-
-
-@contextlib.contextmanager
-def row_steering(model: Model, site: Site, backend: str) -> Iterator[RowSteering]:
-    """Add a different vector to every batch row at ``site``, at every position.
-
-    The one hook of discovery: position-independent, so it is also right under the KV cache
-    of generation (each new token's column gets its row's vector too).
-    """
-    state = RowSteering()
-
-    def fn(act: torch.Tensor) -> torch.Tensor | None:  # (batch, pos, *feat)
-        d = state.deltas
-        if d is None:
-            return None
-        check(d.shape[0] == act.shape[0], f"{d.shape[0]} row vectors for a batch of {act.shape[0]}")
-        return act + d.view(d.shape[0], 1, *act.shape[2:]).to(act)
-
-    with hooks_applied(model, [(site, fn)], backend=backend):
-        yield state
+def _score(rank_by: str, stats: ComponentStats, effect: float, vs_random: float | None) -> float:
+    share = stats.between_doc_share if stats.between_doc_share is not None else stats.variance_share
+    strength = vs_random if vs_random is not None else effect
+    value = {
+        "combined": share * strength,
+        "between": share,
+        "effect": strength,
+        "variance": stats.variance_share,
+    }[rank_by]
+    return float(value) if math.isfinite(value) else 0.0
 
 
 @dataclass
-class _Prober:
-    """Runs candidate x text rows through the model under :func:`row_steering`."""
+class _Measured:
+    """The model-side numbers of every signed candidate (arrays over candidates)."""
 
-    model: Model
-    state: RowSteering
-    s: ProbeSettings
-    backend: str
-
-    def rows(
-        self, deltas: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield ``(cand (b,), text (b,), logits, mask)`` over every (candidate, text) row;
-        ``deltas`` is ``(C, *feat)``, ``ids`` and ``mask`` ``(T, pos)``."""
-        n_texts, bs = ids.shape[0], self.s.batch_size
-        total = deltas.shape[0] * n_texts
-        for a in range(0, total, bs):
-            r = torch.arange(a, min(a + bs, total))  # (b,)
-            cand, text = r // n_texts, r % n_texts
-            self.state.deltas = deltas[cand]  # (b, *feat)
-            out = steered_logits(
-                self.model, (ids[text], mask[text]), backend=self.backend, batch_size=len(r)
-            )
-            yield cand, text, out.logits, out.mask
-        self.state.deltas = None
-
-    def effects(
-        self, deltas: torch.Tensor, prompts: list[str]
-    ) -> tuple[np.ndarray, list[list[str]]]:
-        """Per candidate: mean next-token KL over prompts, and the top promoted tokens."""
-        ids, mask = encode_inputs(self.model, prompts)
-        last = mask.sum(1) - 1  # (T,)
-        zero = torch.zeros(1, *deltas.shape[1:])
-        base = torch.cat(
-            [lg[torch.arange(len(t)), last[t]] for _, t, lg, _ in self.rows(zero, ids, mask)]
-        )  # (T, vocab)
-        base_p = torch.softmax(base.double(), -1)  # (T, vocab)
-        kl = torch.zeros(deltas.shape[0], dtype=torch.float64)  # (C,)
-        shift = torch.zeros(deltas.shape[0], base.shape[-1], dtype=torch.float64)  # (C, vocab)
-        for cand, text, logits, _ in self.rows(deltas, ids, mask):
-            final = logits[torch.arange(len(text)), last[text]]  # (b, vocab)
-            kl.index_add_(0, cand, next_token_kl(final, base[text]))
-            shift.index_add_(0, cand, torch.softmax(final.double(), -1) - base_p[text])
-        top = shift.topk(self.s.n_top_tokens, dim=-1).indices.tolist()  # (C, n_top)
-        tokens = [[self.model.tokenizer.decode([t]) for t in row] for row in top]
-        return (kl / len(prompts)).numpy(), tokens
-
-    def damage(self, deltas: torch.Tensor, texts: list[str]) -> np.ndarray:
-        """Per candidate: mean over texts of (steered - unsteered) next-token loss, nats/token."""
-        ids, mask = encode_inputs(self.model, texts, max_tokens=self.s.damage_max_tokens)
-
-        def losses(d: torch.Tensor) -> torch.Tensor:  # (C', T)
-            out = torch.zeros(d.shape[0], len(texts), dtype=torch.float64)
-            for cand, text, logits, m in self.rows(d, ids, mask):
-                lp = token_logprobs(logits, ids[text, : logits.shape[1]], m).double()  # (b, pos-1)
-                count = (m[:, 1:].bool() & m[:, :-1].bool()).sum(1).clamp_min(1)  # (b,)
-                out[cand, text] = -lp.sum(1) / count
-            return out
-
-        base = losses(torch.zeros(1, *deltas.shape[1:]))  # (1, T)
-        return (losses(deltas) - base).mean(1).numpy()  # (C,)
-
-    def completions(self, deltas: torch.Tensor, prompt: str) -> list[str]:
-        """One greedy completion of ``prompt`` per row of ``deltas`` ``(C, *feat)``, one batch."""
-        n = deltas.shape[0]
-        settings = Sampling(max_new_tokens=self.s.max_new_tokens, temperature=0.0, seed=0)
-        self.state.deltas = deltas
-        try:
-            gen = generate_rows(
-                self.model, [prompt], [0] * n, [0] * n, None, settings, backend=self.backend
-            )
-        finally:
-            self.state.deltas = None
-        return gen.texts
+    calibration: Calibration
+    effect: np.ndarray
+    top_tokens: list[list[str]]
+    completions: list[list[str]]
+    unsteered: list[str]
+    controls: dict[str, Any]
 
 
-# --------------------------------------------------------------------------- discovery
+def _control_units(shape: torch.Size, n: int, seed: int) -> torch.Tensor:
+    """``(n, *shape)`` random unit directions (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randn(n, *shape, generator=g, dtype=torch.float64)
+    return (r / r.flatten(1).norm(dim=1).view(-1, *([1] * len(shape)))).float()
 
 
-def _label(index: int, sign: int, lens: list[str], ctx: str | None) -> str:
-    words = ", ".join(t.strip() or repr(t) for t in lens[:3])
-    tail = f" | ctx {ctx.strip() or repr(ctx)!s}" if ctx else ""
-    return f"{'+' if sign > 0 else '-'}{index}: {words}{tail}"
+def _measure(
+    model: Model, site: Site, units: torch.Tensor, norm: float, s: TrialSettings
+) -> _Measured:
+    """Calibrate candidates and controls together, then measure effects and completions."""
+    prompts = load_corpus(s.prompts, limit=s.n_prompts)
+    general = load_corpus(s.damage_texts)
+    held_out = general[-s.n_damage :] if len(general) > s.n_damage else general
+    n = units.shape[0]
+    everyone = torch.cat([units, _control_units(units.shape[1:], s.n_random, s.seed)])
+    backend = backend_for(model, [site])
+    with row_steering(model, site, backend) as state:
+        trials = Trials(model, state, s, backend)
+        cal = trials.calibrate(everyone, norm, held_out)
+        coeff = np.nan_to_num(cal.coeff, nan=0.0)
+        deltas = everyone * torch.from_numpy(coeff * norm).float().view(
+            -1, *([1] * (units.dim() - 1))
+        )
+        effect, top_tokens = trials.effects(deltas, prompts)
+        zero = torch.zeros(1, *units.shape[1:])
+        texts = trials.completions(torch.cat([zero, deltas[:n]]), prompts[: s.n_completion_prompts])
+    ctrl = slice(n, n + s.n_random)
+    controls = {
+        "kind": "norm-matched random directions, calibrated and measured like the candidates",
+        "n": s.n_random,
+        "suggested_coeff": [_num(x) for x in cal.coeff[ctrl]],
+        "ppl_ratio": [_num(x) for x in cal.ppl_ratio[ctrl]],
+        "effect": [float(x) for x in effect[ctrl]],
+        "median_effect": float(np.median(effect[ctrl])) if s.n_random else None,
+        "calibration_passes": cal.passes,
+    }
+    return _Measured(
+        calibration=Calibration(cal.coeff[:n], cal.ppl_ratio[:n], cal.capped[:n], cal.passes),
+        effect=effect[:n],
+        top_tokens=top_tokens[:n],
+        completions=texts[1:],
+        unsteered=texts[0],
+        controls=controls,
+    )
+
+
+def _num(x: float) -> float | None:
+    return float(x) if math.isfinite(float(x)) else None
 
 
 def discover(
@@ -310,14 +286,17 @@ def discover(
     store: ActivationStore,
     *,
     layer: int | None = None,
-    settings: ProbeSettings | None = None,
+    settings: TrialSettings | None = None,
+    rank_by: str = "combined",
 ) -> Discovery:
-    """Probe, label and rank both signs of every component of ``dictionary`` (best first).
+    """Calibrate, describe, label and rank both signs of every component (best first).
 
-    ``store`` is where the dictionary's activations came from (for top contexts); it and the
-    dictionary must belong to ``model``. Nothing is saved: see :meth:`Discovery.save`.
+    ``store`` is where the dictionary's activations came from (for the store-side statistics and
+    documents); it and the dictionary must belong to ``model``. Nothing is saved: see
+    :meth:`Discovery.save`.
     """
-    s = settings or ProbeSettings()
+    s = settings or TrialSettings()
+    check(rank_by in RANKINGS, f"unknown ranking {rank_by!r}: use one of {', '.join(RANKINGS)}")
     layer = dictionary.info_.layer if layer is None else layer
     check(layer is not None, "the dictionary does not record its layer: pass layer=")
     assert layer is not None
@@ -328,55 +307,54 @@ def discover(
         f"{model.name}: use a store captured from {model.name}",
     )
     site = Site(store.site, layer).check(model)
-    backend = backend_for(model, [site])
     k = dictionary.n_components_
+    codes = component_codes(dictionary, store, layer, range(k))  # (n_rows, k)
+    stats = component_stats(dictionary, store, layer, codes)
     signs = [(i, sg) for i in range(k) for sg in (1, -1)]
     vectors = [from_component(dictionary, i, sg, model=model) for i, sg in signs]
-    unit = torch.stack([v.directions[layer] for v in vectors])  # (C, *feat)
+    units = torch.stack([v.directions[layer] for v in vectors])  # (C, *feat)
     norm = vectors[0].layer_norms[layer]
-
-    prompts = load_corpus(s.prompts, limit=s.n_prompts)
-    general = load_corpus(s.damage_texts)
-    held_out = general[-s.n_damage :] if len(general) > s.n_damage else general
-    steer = unit * (s.scale * norm)  # (C, *feat)
-    zero = torch.zeros(1, *unit.shape[1:])
-    with row_steering(model, site, backend) as state:
-        probe = _Prober(model, state, s, backend)
-        effect, top_tokens = probe.effects(steer, prompts)
-        damage = probe.damage(steer, held_out)
-        texts = probe.completions(torch.cat([zero, unit * (s.completion_scale * norm)]), prompts[0])
-
-    codes = component_codes(dictionary, store, layer, range(k))  # (n_rows, k)
-    evr = getattr(dictionary, "explained_variance_ratio_", None)
+    m = _measure(model, site, units, norm, s)
+    median_ctrl = m.controls["median_effect"]
     candidates = []
     for c, (i, sg) in enumerate(signs):
-        lens_tokens = (
-            [t.token for t in logit_lens(model, unit[c].flatten(), 5, rank="cosine").promoted]
+        effect = float(m.effect[c])
+        vs_random = effect / median_ctrl if median_ctrl else None
+        coeff = _num(m.calibration.coeff[c])
+        inert = coeff is None or (vs_random is not None and vs_random <= 1.0)
+        words = contrastive_words(m.completions[c], m.unsteered, s.n_words)
+        lens = (
+            [t.token for t in logit_lens(model, units[c].flatten(), 5, rank="cosine").promoted]
             if site.kind != "z"
             else []
         )
-        signed = sg > 0 or bool(np.nanmin(codes[:, i]) < 0)
-        ctx = top_contexts(store, codes[:, i], s.n_contexts, largest=sg > 0) if signed else []
-        token = most_common_token(ctx)
-        dmg = max(0.0, float(damage[c]))
+        docs, opposite = stats[i].docs_for(sg)
+        name = f"{'+' if sg > 0 else '-'}c{i:03d}"
         candidates.append(
             Candidate(
                 index=i,
                 sign=sg,
-                label=_label(i, sg, lens_tokens or top_tokens[c], token),
-                top_tokens=top_tokens[c],
-                effect=float(effect[c]),
-                damage=dmg,
-                score=float(effect[c]) / (dmg + s.eps),
-                ppl_ratio=float(np.exp(damage[c])),
-                completion=texts[c + 1],
-                lens_tokens=lens_tokens,
-                context_token=token,
+                label=candidate_label(name, words, docs[0].text if docs else None, m.top_tokens[c]),
+                suggested_coeff=coeff,
+                ppl_ratio=_num(m.calibration.ppl_ratio[c]),
+                capped=bool(m.calibration.capped[c]),
+                effect=effect,
+                effect_vs_random=vs_random,
+                inert=inert,
+                score=_score(rank_by, stats[i], effect, vs_random),
+                contrastive_words=words,
+                completions=m.completions[c],
+                top_tokens=m.top_tokens[c],
+                lens_tokens=lens,
+                variance_share=stats[i].variance_share,
+                between_doc_share=stats[i].between_doc_share,
+                active_fraction=stats[i].active_fraction["pos" if sg > 0 else "neg"],
+                docs=docs,
+                opposite_docs=opposite,
                 vector=vectors[c],
-                explained_variance_ratio=None if evr is None else float(evr[i]),
             )
         )
-    candidates.sort(key=lambda cand: (-cand.score, cand.index, -cand.sign))
+    candidates.sort(key=lambda cd: (cd.inert, -cd.score, cd.index, -cd.sign))
     return Discovery(
         model=model.name,
         layer=layer,
@@ -385,6 +363,9 @@ def discover(
         k=k,
         candidates=candidates,
         settings=s,
-        unsteered_completion=texts[0],
+        rank_by=rank_by,
+        unsteered_completions=m.unsteered,
         mean_norm=norm,
+        controls=m.controls,
+        hygiene=dictionary.fit_stats_.get("input"),
     )

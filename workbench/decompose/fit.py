@@ -42,6 +42,7 @@ from dictionaries.linear import PCA
 from dictionaries.pretrained import PretrainedSAE
 from dictionaries.quality import reconstruction_quality
 from workbench.activations.store import ActivationStore
+from workbench.decompose.hygiene import Hygiene, fit_scaler, outlier_rows, select_rows
 from workbench.errors import check
 from workbench.measure.metrics import token_logprobs
 from workbench.model.hooks import Site, backend_for, hooks_applied
@@ -87,9 +88,17 @@ def _replacing(keep_first: int, replace: Replace) -> Callable[[torch.Tensor], to
 
 
 def _reconstruct(dictionary: Dictionary) -> Replace:
+    """Rows over the norm threshold the dictionary was fitted with (:mod:`hygiene`) keep their
+    clean activation, like BOS: the dictionary never saw such rows and says nothing of them."""
+    threshold = (dictionary.fit_stats_.get("input") or {}).get("norm_threshold")
+
     def fn(flat: torch.Tensor) -> torch.Tensor:
-        recon = dictionary.reconstruct(flat.detach().cpu().numpy())  # (rows, width)
-        return torch.from_numpy(recon).to(flat.device)
+        recon = torch.from_numpy(dictionary.reconstruct(flat.detach().cpu().numpy()))
+        recon = recon.to(flat.device)  # (rows, width)
+        if threshold is not None:
+            over = flat.norm(dim=-1) > float(threshold)  # (rows,)
+            recon[over] = flat[over].to(recon.dtype)
+        return recon
 
     return fn
 
@@ -184,11 +193,11 @@ def spliced_loss(
 
 
 def _row_batches(
-    store: ActivationStore, layer: int, keep: np.ndarray | None, batch_size: int = 8192
+    store: ActivationStore, layer: int, keep: np.ndarray, batch_size: int = 8192
 ) -> Iterator[torch.Tensor]:
     start = 0
     for batch in store.iter_batches(layer, batch_size):  # (b, width), in row order
-        sel = batch if keep is None else batch[torch.from_numpy(keep[start : start + len(batch)])]
+        sel = batch[torch.from_numpy(keep[start : start + len(batch)])]
         start += len(batch)
         if len(sel):
             yield sel
@@ -219,14 +228,18 @@ def fit_from_store(
     layer: int,
     *,
     exclude_docs: list[int] | None = None,
+    hygiene: Hygiene | None = None,
 ) -> Dictionary:
     """Fit ``dictionary`` on ``layer`` of ``store`` (rows of ``exclude_docs`` held out).
 
-    PCA streams the store (memory stays at one shard plus a ``d_model`` x ``d_model`` matrix);
-    other methods load the rows. Rows holding NaN or inf are dropped and counted in
-    ``fit_stats_["dropped_nonfinite_rows"]``. The dictionary records the store's model, site
-    and layer.
+    ``hygiene`` (default :class:`~workbench.decompose.hygiene.Hygiene`: drop rows over 3x the
+    median norm, standardize; ``Hygiene.off()`` for raw rows) is applied first and recorded in
+    ``fit_stats_["input"]``. PCA streams the store (memory stays at one shard plus a ``d_model``
+    x ``d_model`` matrix); other methods load the rows. Rows holding NaN or inf are dropped and
+    counted in ``fit_stats_["dropped_nonfinite_rows"]``. The dictionary records the store's
+    model, site and layer.
     """
+    hygiene = Hygiene() if hygiene is None else hygiene
     store.check_layer(layer)
     info = DictionaryInfo(
         model=str(store.manifest.get("model")),
@@ -234,14 +247,15 @@ def fit_from_store(
         layer=layer,
         hook_point=Site(store.site, layer).tl_name,
     )
-    keep = None
-    if exclude_docs:
-        keep = ~np.isin(store.rows_meta().doc.numpy(), np.asarray(exclude_docs))  # (n_rows,)
-        check(bool(keep.any()), "every row of the store is held out: give a larger store")
+    rows = select_rows(store, layer, hygiene, exclude_docs)
+    scaler = fit_scaler(store, layer, rows.keep, hygiene)
     if isinstance(dictionary, PCA):
-        return dictionary.fit_stream(_row_batches(store, layer, keep), info=info)
-    X = store.load(layer)  # (n_rows, width)
-    return dictionary.fit(X if keep is None else X[torch.from_numpy(keep)], info=info)
+        dictionary.fit_stream(_row_batches(store, layer, rows.keep), info=info, scaler=scaler)
+    else:
+        X = store.load(layer)[torch.from_numpy(rows.keep)]  # (n_kept, width)
+        dictionary.fit(X, info=info, scaler=scaler)
+    dictionary.fit_stats_["input"] = {**hygiene.to_json(), **rows.to_json()}
+    return dictionary
 
 
 def heldout_docs(store: ActivationStore, fraction: float = 0.1, seed: int = 0) -> list[int]:
@@ -271,13 +285,25 @@ def evaluate_heldout(
 ) -> dict[str, Any]:
     """Reconstruction quality on the rows of ``docs`` (at most ``max_rows``, sampled) and, with
     ``model``, the spliced losses on their texts (at most ``n_texts``) with the mean-ablation
-    loss at the held-out mean. Empty ``docs`` measure on every row (and say so)."""
+    loss at the held-out mean. Empty ``docs`` measure on every row (and say so).
+
+    Rows over the norm threshold the dictionary was fitted with are left out of the quality
+    numbers (counted in ``heldout_rows_over_norm_threshold``) and keep their clean activation in
+    the spliced run: the dictionary is judged on the rows it was made for."""
     meta_doc = store.rows_meta().doc.numpy()
     rows = np.flatnonzero(np.isin(meta_doc, docs)) if docs else np.arange(store.n_rows)
     if len(rows) > max_rows:
         rows = np.sort(np.random.default_rng(0).choice(rows, max_rows, replace=False))
+    outliers = outlier_rows(dictionary, store, layer)
+    n_outliers = 0
+    if outliers is not None:
+        n_outliers = int(outliers[rows].sum())
+        rows = rows[~outliers[rows]]
+        check(len(rows) > 0, "every held-out row is over the fit's norm threshold: hold out more")
     X = store.memmap(layer)[rows].float().numpy()  # (m, width)
     out: dict[str, Any] = {"heldout_docs": len(docs), "heldout_rows": int(len(rows))}
+    if outliers is not None:
+        out["heldout_rows_over_norm_threshold"] = n_outliers
     if not docs:
         out["note"] = "the store has one document: quality is measured on the fitted rows"
     out.update(reconstruction_quality(dictionary, X))

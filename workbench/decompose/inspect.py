@@ -145,7 +145,8 @@ def component_codes(
     """Codes of components ``indices`` for every store row, ``(n_rows, len(indices))`` float32.
 
     One streamed pass; memory is 4 bytes per row and component (1M rows x 16 = 64 MB).
-    Rows holding NaN or inf get code NaN (they are skipped by the functions below).
+    Rows holding NaN or inf, and rows over the norm threshold the dictionary was fitted with
+    (:mod:`workbench.decompose.hygiene`), get code NaN (they are skipped by the functions below).
     """
     check_store(dictionary, store, layer)
     k = dictionary.n_components_
@@ -153,10 +154,13 @@ def component_codes(
         check(0 <= int(i) < k, f"component {i} is out of range: the dictionary has 0..{k - 1}")
     cols = np.asarray([int(i) for i in indices], dtype=np.int64)
     out = np.empty((store.n_rows, len(cols)), dtype=np.float32)
+    threshold = (dictionary.fit_stats_.get("input") or {}).get("norm_threshold")
     start = 0
     for batch in store.iter_batches(layer, batch_size):  # (b, width)
         x = batch.numpy()
         finite = np.isfinite(x).all(axis=1)  # (b,)
+        if threshold is not None:
+            finite &= np.linalg.norm(x.astype(np.float64), axis=1) <= float(threshold)
         codes = np.full((x.shape[0], len(cols)), np.nan, dtype=np.float32)
         if finite.any():
             codes[finite] = dictionary.encode(x[finite])[:, cols]
@@ -338,7 +342,7 @@ def cosine_report(
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Cosines of component ``index``: the ``top`` most similar other components (by |cos|,
     signed values kept) and each named vector in ``vectors`` (arrays or SteeringVectors)."""
-    comps = np.asarray(dictionary.components_, dtype=np.float64)  # (k, width)
+    comps = np.asarray(dictionary.directions_, dtype=np.float64)  # (k, width)
     cos = comps @ comps[index]  # (k,) rows are unit norm
     others = [j for j in np.argsort(-np.abs(cos), kind="stable").tolist() if j != index][:top]
     similar = [{"index": int(j), "cosine": float(cos[j])} for j in others]
@@ -356,7 +360,7 @@ def cosine_report(
 
 def atom_cosines(dictionary: Dictionary) -> np.ndarray:
     """Cosine similarity of every pair of components, ``(k, k)``."""
-    comps = np.asarray(dictionary.components_, dtype=np.float64)
+    comps = np.asarray(dictionary.directions_, dtype=np.float64)
     return comps @ comps.T
 
 
@@ -401,7 +405,7 @@ def inspect_components(
         similar, named = cosine_report(dictionary, i, vectors)
         lens = None
         if model is not None and store.site != "z":
-            lens = logit_lens(model, dictionary.components_[i], lens_k, rank=lens_rank)
+            lens = logit_lens(model, dictionary.directions_[i], lens_k, rank=lens_rank)
         reports.append(
             ComponentReport(
                 index=int(i),

@@ -250,7 +250,7 @@ def atom_map(
     ``colour_by``: ``"index"`` or ``"variance"`` (``explained_variance_ratio_``, PCA only).
     """
     check(colour_by in ATOM_COLOURS, f"unknown colour_by {colour_by!r}: use index or variance")
-    comps = np.asarray(dictionary.components_, dtype=np.float64)  # (k, width)
+    comps = np.asarray(dictionary.directions_, dtype=np.float64)  # (k, width) model space
     k = comps.shape[0]
     colour: list[float]
     if colour_by == "variance":

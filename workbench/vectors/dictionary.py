@@ -94,7 +94,8 @@ def from_component(
     model: Model | str | None = None,
     site: str | None = None,
 ) -> SteeringVector:
-    """Row ``index`` of a dictionary's ``components_`` (unit norm), times ``sign`` (+1 or -1).
+    """Decoder direction ``index`` of a dictionary (``directions_``, unit norm, in the model's
+    space), times ``sign`` (+1 or -1).
 
     ``dictionary`` is a folder written by ``Dictionary.save`` or a fitted dictionary object. Its
     recorded model, site and layer are used unless given; ``layer`` may move the direction to
@@ -105,7 +106,9 @@ def from_component(
     """
     _check_sign(sign)
     d, path = _load_dictionary(dictionary)
-    comps = np.asarray(d.components_)  # (k, width)
+    # The model-space decoder directions: for a dictionary fitted in a scaled space these differ
+    # from components_ (see dictionaries.scaling); adding them is what moves the code.
+    comps = np.asarray(getattr(d, "directions_", d.components_))  # (k, width)
     k = comps.shape[0]
     check(
         isinstance(index, int) and 0 <= index < k,
