@@ -297,3 +297,52 @@ def test_discover_errors(
     one.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n')
     assert "one label only" in _error(capsys, [*base, "--acts", str(acts), "--concepts", str(one)])
     assert not out.exists()
+
+
+def test_discover_contrast_and_concepts(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    wedding = load_corpus("builtin:wedding", limit=10)
+    sports = load_corpus("builtin:sports", limit=10)
+    (tmp_path / "a.txt").write_text("\n".join(wedding) + "\n")
+    (tmp_path / "b.txt").write_text("\n".join(sports) + "\n")
+    concepts = tmp_path / "concepts.jsonl"
+    concepts.write_text(
+        "".join(json.dumps({"text": t, "label": "wedding"}) + "\n" for t in wedding[:5])
+        + "".join(json.dumps({"text": t, "label": "sports"}) + "\n" for t in sports[:5])
+    )
+    out = tmp_path / "contrast"
+    argv = ["discover", "--model", str(tiny_model_dir), "--corpus", str(tmp_path / "a.txt")]
+    res = _json(
+        capsys,
+        [
+            *argv,
+            "--contrast",
+            str(tmp_path / "b.txt"),
+            "--concepts",
+            str(concepts),
+            "--layer",
+            "1",
+            "--k",
+            "3",
+            "--out",
+            str(out),
+            *FAST,
+        ],
+    )
+    assert res["rank_by"] == "contrast" and res["contrast"]["contrast"] == str(tmp_path / "b.txt")
+    cands = res["candidates"]
+    for c in cands:
+        assert 0.0 <= c["contrast_auroc"] <= 1.0
+        assert c["concept"]["label"] in ("wedding", "sports")
+        assert -1.0 <= c["concept"]["cosine"] <= 1.0
+    # The two signs of a component separate the corpora in opposite directions.
+    by = {(c["index"], c["sign"]): c["contrast_auroc"] for c in cands}
+    assert all(by[(i, 1)] == pytest.approx(1 - by[(i, -1)]) for i in range(3))
+    best = res["concepts"]["best"]
+    assert {b["label"] for b in best} == {"wedding", "sports"}
+    assert all(1 <= b["rank"] <= 6 for b in best)
+    err = _error(
+        capsys, [*argv, "--rank-by", "contrast", "--layer", "1", "--out", str(tmp_path / "y")]
+    )
+    assert "--contrast" in err

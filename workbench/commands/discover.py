@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from dictionaries.scaling import SCALES
 from workbench.commands.decompose import check_out
 from workbench.decompose.concepts import Concepts, load_concepts
@@ -92,9 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trial.add_argument(
         "--rank-by",
         choices=RANKINGS,
-        default="combined",
-        help="combined (default: between-document share x effect over random controls), or "
-        "one signal alone",
+        default=None,
+        help="combined (default: between-document share x effect over random controls; with "
+        "--contrast: contrast = separation of the two corpora x effect), or one signal alone",
     )
     trial.add_argument(
         "--n-random", type=int, default=4, help="random control directions (default 4)"
@@ -103,6 +105,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trial.add_argument("--n-damage", type=int, default=6, help="held-out texts for the damage")
     trial.add_argument("--max-new-tokens", type=int, default=16, help="sampled completion length")
     trial.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
+    parser.add_argument(
+        "--contrast",
+        default=None,
+        help="a second corpus: find what separates --corpus from it (both captured into one "
+        "store; candidates ranked by how well they separate the two, x effect)",
+    )
     parser.add_argument(
         "--concepts",
         default=None,
@@ -128,8 +136,9 @@ def run_discovery(
     max_tokens: int | None = 64,
     hygiene: Hygiene | None = None,
     settings: TrialSettings | None = None,
-    rank_by: str = "combined",
+    rank_by: str | None = None,
     concepts: str | Concepts | None = None,
+    contrast: str | None = None,
     overwrite: bool = False,
 ) -> Discovery:
     """The whole ``discover`` pipeline on a loaded model; writes folder ``out`` atomically."""
@@ -153,8 +162,14 @@ def run_discovery(
         width = model.n_heads * model.d_head if site == "z" else model.d_model
         fitted._validate_params(width)  # refuse a bad k before the (slow) capture
     model.check_layer(layer)
+    _check_contrast(rank_by, contrast, corpus)
+    target_docs = None
     if corpus is not None:
         docs = load_corpus(corpus)
+        if contrast is not None:
+            other = load_corpus(contrast)
+            target_docs = np.array([True] * len(docs) + [False] * len(other))
+            docs = docs + other
         _check_docs(len(docs), k, dictionary is None)
     with atomic_path(final) as tmp:
         tmp.mkdir(parents=True)
@@ -176,16 +191,34 @@ def run_discovery(
         if dictionary is None:
             fit_from_store(fitted, store, layer, hygiene=hygiene)
         fitted.save(tmp / "dictionary")
-        result = discover(model, fitted, store, layer=layer, settings=settings, rank_by=rank_by)
+        result = discover(
+            model,
+            fitted,
+            store,
+            layer=layer,
+            settings=settings,
+            rank_by=rank_by,
+            target_docs=target_docs,
+        )
         result.extra = {
             "store": str(final / "acts") if acts is None else str(acts),
             "dictionary": str(final / "dictionary"),
             "dropped_nonfinite_rows": int(fitted.fit_stats_.get("dropped_nonfinite_rows", 0)),
         }
+        if contrast is not None:
+            result.extra["contrast"] = {"target": corpus, "contrast": contrast}
         if labelled is not None:
             result.extra["concepts"] = concept_report(model, fitted, result, labelled)
         result.save(tmp, record_as=final)
     return result
+
+
+def _check_contrast(rank_by: str | None, contrast: str | None, corpus: str | None) -> None:
+    check(contrast is None or corpus is not None, "--contrast needs --corpus (not --acts)")
+    check(
+        rank_by != "contrast" or contrast is not None,
+        "--rank-by contrast needs a contrast corpus: give --contrast CORPUS",
+    )
 
 
 def _check_docs(n_docs: int, k: int, fitting: bool) -> None:
@@ -220,6 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size,
     )
     concepts = load_concepts(args.concepts) if args.concepts is not None else None
+    _check_contrast(args.rank_by, args.contrast, args.corpus)
     if args.acts is not None:
         store = ActivationStore.open(args.acts)
         store.check_layer(args.layer)
@@ -251,6 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         settings=settings,
         rank_by=args.rank_by,
         concepts=concepts,
+        contrast=args.contrast,
         overwrite=args.overwrite,
     )
     return {**result.to_json(), "out": str(args.out)}
@@ -275,6 +310,8 @@ def render(result: dict[str, Any]) -> str:
             f"{c['effect']:>6.3f}  {_g(c['effect_vs_random']):>5}  "
             f"{_g(c['between_doc_share']):>5}  {c['label']}{flag}"
         )
+        if c.get("contrast_auroc") is not None:
+            lines.append(f"{'':>6}separates the target corpus at AUROC {c['contrast_auroc']:.3f}")
         if c["completions"]:
             lines.append(f"{'':>6}{c['completions'][0]!r}")
     for row in result.get("concepts", {}).get("best", []):

@@ -46,7 +46,12 @@ import torch
 from dictionaries.base import Dictionary
 from workbench.activations.store import ActivationStore
 from workbench.corpora import load_corpus
-from workbench.decompose.component_stats import ComponentStats, DocExample, component_stats
+from workbench.decompose.component_stats import (
+    ComponentStats,
+    DocExample,
+    component_stats,
+    doc_mean_codes,
+)
 from workbench.decompose.inspect import check_store, component_codes, logit_lens
 from workbench.decompose.labels import candidate_label, contrastive_words
 from workbench.decompose.trials import Calibration, Trials, TrialSettings, row_steering
@@ -55,9 +60,10 @@ from workbench.io import write_json
 from workbench.model.hooks import Site, backend_for
 from workbench.model.load import Model
 from workbench.vectors.dictionary import from_component
+from workbench.vectors.probe import auroc
 from workbench.vectors.vector import SteeringVector
 
-RANKINGS = ("combined", "between", "effect", "variance")
+RANKINGS = ("combined", "between", "effect", "variance", "contrast")
 
 
 @dataclass
@@ -87,6 +93,7 @@ class Candidate:
     vector: SteeringVector = field(repr=False)
     vector_path: str | None = None
     concept: dict[str, Any] | None = None
+    contrast_auroc: float | None = None
 
     @property
     def name(self) -> str:
@@ -202,17 +209,27 @@ DEFINITIONS = {
     "top_tokens": "tokens whose next-token probability rises most, mean over neutral prompts",
     "lens_tokens": "top logit-lens tokens of the direction (cosine ranking), secondary evidence",
     "label": "contrastive words | start of the document where the code is highest for this sign",
+    "contrast_auroc": "with --contrast: how well the candidate's per-document mean code separates "
+    "the target corpus (1) from the contrast corpus (0), signed (1.0: points at the target)",
 }
 
 
-def _score(rank_by: str, stats: ComponentStats, effect: float, vs_random: float | None) -> float:
+def _score(
+    rank_by: str,
+    stats: ComponentStats,
+    effect: float,
+    vs_random: float | None,
+    contrast: float | None,
+) -> float:
     share = stats.between_doc_share if stats.between_doc_share is not None else stats.variance_share
     strength = vs_random if vs_random is not None else effect
+    separation = 0.0 if contrast is None else max(0.0, 2 * contrast - 1)  # 0 chance .. 1 perfect
     value = {
         "combined": share * strength,
         "between": share,
         "effect": strength,
         "variance": stats.variance_share,
+        "contrast": separation * strength,
     }[rank_by]
     return float(value) if math.isfinite(value) else 0.0
 
@@ -276,6 +293,17 @@ def _measure(
     )
 
 
+def _contrast_aurocs(
+    store: ActivationStore, codes: np.ndarray, target_docs: np.ndarray
+) -> np.ndarray:
+    """``(k,)`` AUROC of each component's per-document mean code for target vs other docs."""
+    ok = np.isfinite(codes).all(axis=1)
+    docs, means = doc_mean_codes(codes[ok], store.rows_meta().doc.numpy()[ok])
+    y = np.asarray(target_docs, dtype=bool)[docs].astype(int)
+    check(0 < y.sum() < len(y), "a contrastive run needs documents of both corpora in the store")
+    return np.array([auroc(means[:, i], y) for i in range(means.shape[1])])
+
+
 def _num(x: float) -> float | None:
     return float(x) if math.isfinite(float(x)) else None
 
@@ -287,16 +315,24 @@ def discover(
     *,
     layer: int | None = None,
     settings: TrialSettings | None = None,
-    rank_by: str = "combined",
+    rank_by: str | None = None,
+    target_docs: np.ndarray | None = None,
 ) -> Discovery:
     """Calibrate, describe, label and rank both signs of every component (best first).
 
     ``store`` is where the dictionary's activations came from (for the store-side statistics and
-    documents); it and the dictionary must belong to ``model``. Nothing is saved: see
-    :meth:`Discovery.save`.
+    documents); it and the dictionary must belong to ``model``. ``target_docs`` (bool per store
+    document) marks a contrastive run: candidates get ``contrast_auroc`` (target vs the rest)
+    and the default ranking becomes ``contrast`` = separation x effect over random controls.
+    Nothing is saved: see :meth:`Discovery.save`.
     """
     s = settings or TrialSettings()
+    rank_by = rank_by or ("combined" if target_docs is None else "contrast")
     check(rank_by in RANKINGS, f"unknown ranking {rank_by!r}: use one of {', '.join(RANKINGS)}")
+    check(
+        rank_by != "contrast" or target_docs is not None,
+        "--rank-by contrast needs a contrast corpus: give --contrast CORPUS",
+    )
     layer = dictionary.info_.layer if layer is None else layer
     check(layer is not None, "the dictionary does not record its layer: pass layer=")
     assert layer is not None
@@ -310,6 +346,7 @@ def discover(
     k = dictionary.n_components_
     codes = component_codes(dictionary, store, layer, range(k))  # (n_rows, k)
     stats = component_stats(dictionary, store, layer, codes)
+    contrast = None if target_docs is None else _contrast_aurocs(store, codes, target_docs)
     signs = [(i, sg) for i in range(k) for sg in (1, -1)]
     vectors = [from_component(dictionary, i, sg, model=model) for i, sg in signs]
     units = torch.stack([v.directions[layer] for v in vectors])  # (C, *feat)
@@ -341,7 +378,16 @@ def discover(
                 effect=effect,
                 effect_vs_random=vs_random,
                 inert=inert,
-                score=_score(rank_by, stats[i], effect, vs_random),
+                score=_score(
+                    rank_by,
+                    stats[i],
+                    effect,
+                    vs_random,
+                    None if contrast is None else float(contrast[i] if sg > 0 else 1 - contrast[i]),
+                ),
+                contrast_auroc=None
+                if contrast is None
+                else float(contrast[i] if sg > 0 else 1 - contrast[i]),
                 contrastive_words=words,
                 completions=m.completions[c],
                 top_tokens=m.top_tokens[c],
