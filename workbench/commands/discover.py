@@ -295,8 +295,9 @@ def render(result: dict[str, Any]) -> str:
     coeff = result["coefficient"]
     ctrl = result["controls"]
     lines = [
-        f"{len(result['candidates'])} candidates from {result['method']} (k={result['k']}) at "
-        f"{result['layer_convention']} of {result['model']}; saved to {result['out']}",
+        f"{len(result['candidates'])} candidates from {result['method']} (k={result['k']}) on "
+        f"{result['model']}; saved to {result['out']}",
+        f"site: {result['layer_convention']}",
         f"coefficients in units of the layer's mean residual norm ({coeff['mean_norm']:.3g}), "
         f"calibrated to a held-out perplexity ratio of {result['settings']['damage_budget']:g}; "
         f"random controls' median effect {_g(ctrl.get('median_effect'))} nats",

@@ -132,12 +132,7 @@ class Discovery:
     def to_json(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
-            "layer_convention": f"{self.site} of layer {self.layer}"
-            + (
-                f": the input of block {self.layer} (= transformers' hidden_states[{self.layer}])"
-                if self.site == "resid_pre"
-                else ""
-            ),
+            "layer_convention": Site(self.site, self.layer).convention,
             "method": self.method,
             "k": self.k,
             "model": self.model,

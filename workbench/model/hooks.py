@@ -54,6 +54,28 @@ class Site:
             return f"blocks.{self.layer}.attn.hook_z"
         return f"blocks.{self.layer}.hook_{self.kind}"
 
+    @property
+    def convention(self) -> str:
+        """The layer convention in words, with the peers' numbering beside ours.
+
+        >>> Site("resid_pre", 8).convention
+        "resid_pre of layer 8: the input of block 8 (the output of block 7), transformers' hidden_states[8]; steering-vectors and repeng call it layer 7"
+        """
+        L = self.layer
+        if self.kind == "resid_pre":
+            before = f" (the output of block {L - 1})" if L > 0 else " (the embeddings)"
+            peers = f"; steering-vectors and repeng call it layer {L - 1}" if L > 0 else ""
+            return (
+                f"resid_pre of layer {L}: the input of block {L}{before}, "
+                f"transformers' hidden_states[{L}]{peers}"
+            )
+        if self.kind == "resid_post":
+            return (
+                f"resid_post of layer {L}: the output of block {L}, transformers' "
+                f"hidden_states[{L + 1}]; steering-vectors and repeng call it layer {L}"
+            )
+        return f"{self.kind} of block {L} ({self.tl_name})"
+
     @classmethod
     def parse(cls, text: str, layer: int | None = None) -> Site:
         """Parse ``"resid_post"`` (with ``layer``) or a TL hook name like ``blocks.3.hook_z``."""
