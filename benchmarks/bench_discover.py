@@ -5,7 +5,7 @@ run (capture, fit, statistics, calibration, effects, completions, labels) under 
 and at least 5x faster than trying candidates one at a time.
 
 * ``whole run``: :func:`workbench.commands.discover.run_discovery` on an unlabelled mix of the
-  built-in formal and casual sentences (128 documents), PCA with ``--k``, wall and CPU time and
+  built-in formal and casual sentences (128 documents), the default method (ICA) with ``--k``, wall and CPU time and
   the peak resident memory of this process;
 * ``batched``: :func:`workbench.decompose.discover.discover` on the fitted dictionary (every
   signed candidate and the random controls in shared batched passes);
@@ -43,10 +43,16 @@ from workbench.vectors.dictionary import from_component
 
 
 def _one_at_a_time(
-    model: Model, store: ActivationStore, layer: int, k: int, n: int, s: TrialSettings
+    model: Model,
+    store: ActivationStore,
+    layer: int,
+    method: str,
+    k: int,
+    n: int,
+    s: TrialSettings,
 ) -> float:
     """Seconds per candidate when each candidate's trials run on their own."""
-    pca = fit_from_store(make_dictionary("pca", k), store, layer)
+    pca = fit_from_store(make_dictionary(method, k), store, layer)
     site = Site(store.site, layer)
     backend = backend_for(model, [site])
     prompts = load_corpus(s.prompts, limit=s.n_prompts)
@@ -105,15 +111,15 @@ def main() -> None:
         whole, whole_cpu = time.perf_counter() - t0, time.process_time() - c0
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         store = ActivationStore.open(root / "run" / "acts" if corpus else root / "acts")
-        pca = fit_from_store(make_dictionary("pca", k), store, layer)
+        pca = fit_from_store(make_dictionary(result.method, k), store, layer)
         t0 = time.perf_counter()
         again = discover(model, pca, store, layer=layer, settings=settings)
         batched = (time.perf_counter() - t0) / len(again.candidates)
         n_loop = max(1, min(args.loop_candidates, 2 * k))
-        per_candidate = _one_at_a_time(model, store, layer, k, n_loop, settings)
+        per_candidate = _one_at_a_time(model, store, layer, result.method, k, n_loop, settings)
     n = len(result.candidates)
     ratio = per_candidate / batched
-    print(f"discover on {model.name}, layer {layer}, pca k={k}: {n} candidates + controls")
+    print(f"discover on {model.name}, layer {layer}, {result.method} k={k}: {n} candidates")
     print(f"  whole run: {whole:.1f} s wall, {whole_cpu:.1f} s CPU, peak RSS {peak_mib:.0f} MiB")
     print(f"  batched trials: {batched:.2f} s per candidate ({batched * n:.1f} s for {n})")
     print(f"  one at a time:  {per_candidate:.2f} s per candidate (measured on {n_loop})")

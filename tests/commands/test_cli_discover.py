@@ -206,7 +206,7 @@ def test_discover_json_with_a_store(
         capsys,
         ["discover", "--acts", str(acts), "--layer", "1", "--k", "3", "--out", str(out), *FAST],
     )
-    assert (res["layer"], res["method"], res["k"], res["model"]) == (1, "pca", 3, tiny_model.name)
+    assert (res["layer"], res["method"], res["k"], res["model"]) == (1, "ica", 3, tiny_model.name)
     cands = res["candidates"]
     keys = [(c["inert"], -c["score"]) for c in cands]
     assert len(cands) == 6 and keys == sorted(keys)

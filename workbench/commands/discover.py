@@ -46,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="layer L; with resid_pre the input of block L (transformers' hidden_states[L])",
     )
     parser.add_argument(
-        "--method", default="pca", help="pca (default), ica, dictlearn, sae, pretrained-sae"
+        "--method",
+        default="ica",
+        help="ica (default: found the planted property most often, see the README), pca, "
+        "dictlearn, sae, pretrained-sae",
     )
     parser.add_argument("--k", type=int, default=16, help="number of components (default 16)")
     parser.add_argument(
@@ -127,7 +130,7 @@ def run_discovery(
     out: str | Path,
     corpus: str | None = None,
     acts: str | Path | None = None,
-    method: str = "pca",
+    method: str = "ica",
     k: int = 16,
     params: dict[str, Any] | None = None,
     dictionary: str | Path | None = None,
