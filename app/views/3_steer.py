@@ -12,7 +12,7 @@ from app import results, state
 from app.vector_picker import vector_picker
 from app.widgets import attempt, completion_box, preset, token_passage_html
 from workbench.steer.plan import STEER_POSITIONS, PlanEntry, SteeringPlan
-from workbench.steer.sampling import ACTADD
+from workbench.steer.sampling import ACTADD, Sampling
 from workbench.vectors.vector import UNITS
 
 LAST = "steer_last"  # session key: the latest run (plan, vector, label, result)
@@ -107,11 +107,13 @@ def run_steer() -> dict[str, Any]:
         plan,
         prompt,
         n=n,
-        seed=seed,
-        max_new_tokens=new_tokens,
-        temperature=float(temperature),
-        top_p=float(top_p),
-        freq_penalty=float(freq_penalty),
+        sampling=Sampling(
+            max_new_tokens=new_tokens,
+            temperature=float(temperature),
+            top_p=float(top_p),
+            freq_penalty=float(freq_penalty),
+            seed=seed,
+        ),
     )
     return {
         "plan": plan,

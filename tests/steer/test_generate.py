@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from workbench.steer.generate import (
     side_by_side,
 )
 from workbench.steer.plan import PlanEntry, SteeringPlan
-from workbench.steer.sampling import Sampling
+from workbench.steer.sampling import ACTADD_SAMPLING, Sampling
 from workbench.vectors.vector import SteeringVector
 
 PROMPTS = ["Hello world, I love you", "The fox"]
@@ -44,7 +45,9 @@ def test_cached_and_uncached_greedy_agree_under_steering(
     tiny_model: Model, backend: str, kind: str
 ) -> None:
     plan = _plans(tiny_model)[kind]
-    kw: dict[str, Any] = {"max_new_tokens": 8, "temperature": 0.0, "stop_at_eos": False}
+    kw: dict[str, Any] = {
+        "sampling": Sampling(max_new_tokens=8, temperature=0.0, stop_at_eos=False)
+    }
     kw["backend"] = backend
     cached = generate(tiny_model, PROMPTS, plan, use_cache=True, **kw)
     uncached = generate(tiny_model, PROMPTS, plan, use_cache=False, **kw)
@@ -94,7 +97,9 @@ def test_generated_tokens_steered_only_when_asked(tiny_model: Model) -> None:
 
 def test_left_padded_batch_matches_each_prompt_alone(tiny_model: Model) -> None:
     plan = SteeringPlan.of(_vec(tiny_model, 1, (2, 64)), 4.0, position="back")
-    kw: dict[str, Any] = {"max_new_tokens": 6, "temperature": 0.0, "stop_at_eos": False}
+    kw: dict[str, Any] = {
+        "sampling": Sampling(max_new_tokens=6, temperature=0.0, stop_at_eos=False)
+    }
     both = generate(tiny_model, PROMPTS, plan, **kw)
     for i, prompt in enumerate(PROMPTS):
         alone = generate(tiny_model, [prompt], plan, **kw)
@@ -103,7 +108,7 @@ def test_left_padded_batch_matches_each_prompt_alone(tiny_model: Model) -> None:
 
 def test_sampled_rows_do_not_depend_on_how_they_are_batched(tiny_model: Model) -> None:
     plan = SteeringPlan.of(_vec(tiny_model, 1, (64,)), [0.0, 1.0, 2.0, 3.0])
-    kw: dict[str, Any] = {"n": 2, "max_new_tokens": 6, "top_p": 0.8, "seed": 5}
+    kw: dict[str, Any] = {"n": 2, "sampling": Sampling(max_new_tokens=6, top_p=0.8, seed=5)}
     whole = generate(tiny_model, PROMPTS, plan, **kw)
     chunked = generate(tiny_model, PROMPTS, plan, batch_size=1, **kw)
     assert whole.texts == chunked.texts
@@ -113,10 +118,10 @@ def test_sampled_rows_do_not_depend_on_how_they_are_batched(tiny_model: Model) -
 
 def test_side_by_side_is_reproducible_and_steers(tiny_model: Model) -> None:
     plan = SteeringPlan.of(_vec(tiny_model, 1, (64,)), 8.0)
-    kw: dict[str, Any] = {"n": 3, "max_new_tokens": 8}
-    a = side_by_side(tiny_model, "I love", plan, seed=1, **kw)
-    b = side_by_side(tiny_model, "I love", plan, seed=1, **kw)
-    c = side_by_side(tiny_model, "I love", plan, seed=2, **kw)
+    one, two = (replace(ACTADD_SAMPLING, max_new_tokens=8, seed=s) for s in (1, 2))
+    a = side_by_side(tiny_model, "I love", plan, n=3, sampling=one)
+    b = side_by_side(tiny_model, "I love", plan, n=3, sampling=one)
+    c = side_by_side(tiny_model, "I love", plan, n=3, sampling=two)
     assert set(a) >= {"prompt", "plan", "unsteered", "steered"}
     assert a["unsteered"] == b["unsteered"] and a["steered"] == b["steered"]
     assert a["unsteered"] != c["unsteered"]
@@ -124,7 +129,11 @@ def test_side_by_side_is_reproducible_and_steers(tiny_model: Model) -> None:
     assert len(a["steered"]) == 3 and all(not t.startswith("I love") for t in a["steered"])
     assert a["settings"]["top_p"] == 0.3 and a["settings"]["freq_penalty"] == 1.0
     plain = generate(
-        tiny_model, "I love", None, n=3, seed=1, top_p=0.3, freq_penalty=1.0, max_new_tokens=8
+        tiny_model,
+        "I love",
+        None,
+        n=3,
+        sampling=Sampling(max_new_tokens=8, top_p=0.3, freq_penalty=1.0, seed=1),
     )
     assert plain.texts == a["unsteered"]
 
@@ -132,9 +141,10 @@ def test_side_by_side_is_reproducible_and_steers(tiny_model: Model) -> None:
 def test_coefficient_batch_equals_separate_generations(tiny_model: Model) -> None:
     entry = PlanEntry(_vec(tiny_model, 1, (64,)), 0.0)
     coeffs = [0.0, 2.0, 6.0]
-    batched = generate_with_coefficients(tiny_model, "I love", entry, coeffs, n=2, max_new_tokens=6)
+    six = replace(ACTADD_SAMPLING, max_new_tokens=6)
+    batched = generate_with_coefficients(tiny_model, "I love", entry, coeffs, n=2, sampling=six)
     for c, texts in zip(coeffs, batched, strict=True):
-        alone = generate_with_coefficients(tiny_model, "I love", entry, [c], n=2, max_new_tokens=6)
+        alone = generate_with_coefficients(tiny_model, "I love", entry, [c], n=2, sampling=six)
         assert alone[0] == texts
     assert batched[0] != batched[2]
 
@@ -150,7 +160,7 @@ def test_coefficient_batch_equals_separate_generations(tiny_model: Model) -> Non
 )
 def test_bad_sampling_settings(tiny_model: Model, kwargs: dict, message: str) -> None:
     with pytest.raises(WorkbenchError, match=message):
-        generate(tiny_model, "I love", None, **kwargs)
+        generate(tiny_model, "I love", None, sampling=Sampling(**kwargs))
 
 
 def test_bad_generation_inputs(tiny_model: Model) -> None:
@@ -160,7 +170,7 @@ def test_bad_generation_inputs(tiny_model: Model) -> None:
     with pytest.raises(WorkbenchError, match="one coefficient per row"):
         generate(tiny_model, "I love", plan, n=2)
     with pytest.raises(WorkbenchError, match="exceeds the context"):
-        generate(tiny_model, "I love", None, max_new_tokens=500)
+        generate(tiny_model, "I love", None, sampling=Sampling(max_new_tokens=500))
 
 
 def _prompt_acts(model: Model, text: str, site: Site, width: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from workbench.errors import WorkbenchError
 from workbench.model.load import load_model
 from workbench.steer.generate import side_by_side
 from workbench.steer.plan import STEER_POSITIONS, PlanEntry, SteeringPlan
-from workbench.steer.sampling import ACTADD
+from workbench.steer.sampling import ACTADD, Sampling
 from workbench.vectors.vector import UNITS, SteeringVector
 
 NAME = "steer"
@@ -105,18 +105,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.n < 1:
         raise WorkbenchError(f"--n must be at least 1, got {args.n}")
     plan = build_plan(args)
-    model = load_model(args.model or plan.entries[0].vector.model)
-    result = side_by_side(
-        model,
-        args.prompt,
-        plan,
-        n=args.n,
-        seed=args.seed,
+    sampling = Sampling(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
         freq_penalty=args.freq_penalty,
-        backend=args.backend,
+        seed=args.seed,
+    )
+    model = load_model(args.model or plan.entries[0].vector.model)
+    result = side_by_side(
+        model, args.prompt, plan, n=args.n, sampling=sampling, backend=args.backend
     )
     result["model"] = model.name
     return result

@@ -18,7 +18,7 @@ from workbench.corpora import load_text_set
 from workbench.errors import check
 from workbench.model.load import Model
 from workbench.parse import integer, number
-from workbench.steer.sampling import ACTADD, Sampling
+from workbench.steer.sampling import ACTADD_SAMPLING, Sampling
 from workbench.vectors.build import mean_residual_norms, rebuild
 from workbench.vectors.vector import SteeringVector
 
@@ -94,13 +94,7 @@ class Condition:
 
 def actadd_sampling(max_new_tokens: int = 24, seed: int = 0) -> Sampling:
     """ActAdd's sampling settings (temperature 1, top-p 0.3, frequency penalty 1)."""
-    return Sampling(
-        max_new_tokens,
-        temperature=ACTADD["temperature"],
-        top_p=ACTADD["top_p"],
-        freq_penalty=ACTADD["freq_penalty"],
-        seed=seed,
-    )
+    return replace(ACTADD_SAMPLING, max_new_tokens=max_new_tokens, seed=seed)
 
 
 @dataclass

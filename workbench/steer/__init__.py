@@ -10,10 +10,11 @@ from workbench.steer.apply import apply_plan
 from workbench.steer.forward import steered_logits
 from workbench.steer.generate import Generation, generate, generate_with_coefficients, side_by_side
 from workbench.steer.plan import PlanEntry, SteeringPlan
-from workbench.steer.sampling import ACTADD, Sampling
+from workbench.steer.sampling import ACTADD, ACTADD_SAMPLING, Sampling
 
 __all__ = [
     "ACTADD",
+    "ACTADD_SAMPLING",
     "Generation",
     "PlanEntry",
     "Sampling",

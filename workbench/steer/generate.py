@@ -24,7 +24,7 @@ from workbench.model.hooks import default_backend
 from workbench.model.load import Model
 from workbench.steer.apply import apply_plan
 from workbench.steer.plan import PlanEntry, SteeringPlan
-from workbench.steer.sampling import ACTADD, Sampling, processors, row_seed
+from workbench.steer.sampling import ACTADD_SAMPLING, Sampling, processors, row_seed
 from workbench.vectors.vector import SteeringVector
 
 
@@ -248,12 +248,7 @@ def generate(
     plan: SteeringPlan | None = None,
     *,
     n: int = 1,
-    max_new_tokens: int = 40,
-    seed: int = 0,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    freq_penalty: float = 0.0,
-    stop_at_eos: bool = True,
+    sampling: Sampling = Sampling(),
     backend: str | None = None,
     use_cache: bool = True,
     batch_size: int | None = None,
@@ -261,15 +256,17 @@ def generate(
     """``n`` completions of each prompt under ``plan`` (``None``: unsteered).
 
     Rows are prompt-major (row ``p * n + k`` is sample ``k`` of prompt ``p``); a plan with
-    coefficient lists needs one coefficient per row. ``temperature=0`` is greedy.
+    coefficient lists needs one coefficient per row. ``sampling`` defaults to plain sampling
+    (temperature 1, no top-p or penalty, 40 new tokens, seed 0); ``Sampling(temperature=0)``
+    is greedy.
 
     Example:
-        >>> gen = generate(model, "I hate you because", plan, n=4, seed=0)  # doctest: +SKIP
+        >>> greedy = Sampling(max_new_tokens=20, temperature=0)               # doctest: +SKIP
+        >>> gen = generate(model, "I hate you because", plan, sampling=greedy)  # doctest: +SKIP
         >>> gen.texts                                                          # doctest: +SKIP
     """
     prompts = _check_prompts(prompts)
     check(n >= 1, f"n must be at least 1, got {n}")
-    settings = Sampling(max_new_tokens, temperature, top_p, freq_penalty, seed, stop_at_eos)
     rows = [(p, k) for p in range(len(prompts)) for k in range(n)]
     return generate_rows(
         model,
@@ -277,7 +274,7 @@ def generate(
         [p for p, _ in rows],
         [k for _, k in rows],
         plan,
-        settings,
+        sampling,
         backend=backend,
         use_cache=use_cache,
         batch_size=batch_size,
@@ -304,34 +301,29 @@ def side_by_side(
     plan: SteeringPlan,
     *,
     n: int = 4,
-    seed: int = 0,
-    max_new_tokens: int = 40,
-    temperature: float = ACTADD["temperature"],
-    top_p: float = ACTADD["top_p"],
-    freq_penalty: float = ACTADD["freq_penalty"],
-    stop_at_eos: bool = True,
+    sampling: Sampling = ACTADD_SAMPLING,
     backend: str | None = None,
     batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Unsteered and steered completions of ``prompt`` under identical seeds and settings.
 
-    Defaults are ActAdd's sampling settings (temperature 1, top-p 0.3, frequency penalty 1).
-    Both halves run in one batch: unsteered rows at coefficient 0 (which leaves the model
-    exactly unchanged) and steered rows, sample ``k`` of each sharing its sampling noise.
+    ``sampling`` defaults to ActAdd's settings (temperature 1, top-p 0.3, frequency penalty 1,
+    40 new tokens, seed 0). Both halves run in one batch: unsteered rows at coefficient 0
+    (which leaves the model exactly unchanged) and steered rows, sample ``k`` of each sharing
+    its sampling noise.
 
     Returns ``{"prompt", "plan", "unsteered": [n texts], "steered": [n texts], "settings",
     "notes"}``, completions excluding the prompt.
     """
     prompt = _check_prompts([prompt])[0]
     check(n >= 1, f"n must be at least 1, got {n}")
-    settings = Sampling(max_new_tokens, temperature, top_p, freq_penalty, seed, stop_at_eos)
     gen = generate_rows(
         model,
         [prompt],
         [0] * (2 * n),
         list(range(n)) * 2,
         _with_baseline(plan, n),
-        settings,
+        sampling,
         backend=backend,
         batch_size=batch_size,
     )
@@ -340,7 +332,7 @@ def side_by_side(
         "plan": plan.to_json(),
         "unsteered": gen.texts[:n],
         "steered": gen.texts[n:],
-        "settings": settings.to_json(),
+        "settings": sampling.to_json(),
         "notes": gen.notes,
     }
 
@@ -352,34 +344,28 @@ def generate_with_coefficients(
     coeffs: Sequence[float],
     *,
     n: int = 4,
-    seed: int = 0,
-    max_new_tokens: int = 40,
-    temperature: float = ACTADD["temperature"],
-    top_p: float = ACTADD["top_p"],
-    freq_penalty: float = ACTADD["freq_penalty"],
-    stop_at_eos: bool = True,
+    sampling: Sampling = ACTADD_SAMPLING,
     backend: str | None = None,
     batch_size: int | None = None,
 ) -> list[list[str]]:
     """``n`` completions of ``prompt`` for each coefficient, all in one generate call.
 
     ``entry`` keeps its layers, position and units; only its coefficient varies. Sample ``k``
-    shares its sampling noise across coefficients. Returns one list of ``n`` texts per
-    coefficient, in the order given.
+    shares its sampling noise across coefficients; ``sampling`` defaults to ActAdd's settings.
+    Returns one list of ``n`` texts per coefficient, in the order given.
     """
     prompt = _check_prompts([prompt])[0]
     check(len(coeffs) > 0, "no coefficients given; give at least one")
     check(n >= 1, f"n must be at least 1, got {n}")
     base = entry if isinstance(entry, PlanEntry) else PlanEntry(entry, 0.0)
     plan = SteeringPlan([base.with_coeff([float(c) for c in coeffs for _ in range(n)])])
-    settings = Sampling(max_new_tokens, temperature, top_p, freq_penalty, seed, stop_at_eos)
     gen = generate_rows(
         model,
         [prompt],
         [0] * (n * len(coeffs)),
         list(range(n)) * len(coeffs),
         plan,
-        settings,
+        sampling,
         backend=backend,
         batch_size=batch_size,
     )

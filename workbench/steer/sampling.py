@@ -71,6 +71,12 @@ class Sampling:
         return asdict(self)
 
 
+# ActAdd's settings as a Sampling, with 40 new tokens and seed 0 (``dataclasses.replace`` for others).
+ACTADD_SAMPLING = Sampling(
+    temperature=ACTADD["temperature"], top_p=ACTADD["top_p"], freq_penalty=ACTADD["freq_penalty"]
+)
+
+
 def row_seed(seed: int, sample: int) -> int:
     """The generator seed of sample ``sample`` under run seed ``seed``."""
     return (seed * 1_000_003 + sample * 7_919 + 1) % (2**63 - 1)

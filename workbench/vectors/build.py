@@ -3,7 +3,8 @@
 Every builder returns a :class:`~workbench.vectors.vector.SteeringVector` that records its ``method``,
 a ``recipe`` from which :func:`rebuild` can make the same kind of vector at another layer, the
 ``layer_norms`` of the model at its layers (for coefficients in residual-norm units) and an
-``info`` dict of diagnostics (counts, separation, probe accuracies).
+``info`` dict of diagnostics (counts, separation, probe accuracies); the builders make it with
+:func:`~workbench.vectors.assemble.assemble`, which records the model and its norms.
 
 - :func:`from_prompts`: ActAdd: activations of prompt pairs, per position.
 - :func:`from_datasets`: mean difference of two text sets (ITI's mass-mean shift, CAA).
@@ -42,6 +43,7 @@ from workbench.corpora import load_text_set
 from workbench.errors import WorkbenchError, check
 from workbench.model.hooks import Site
 from workbench.model.load import Model
+from workbench.vectors.assemble import assemble
 from workbench.vectors.dictionary import from_component, from_sae_feature
 from workbench.vectors.iti import from_iti
 from workbench.vectors.probe import auroc, fit_probe, mean_diff_classifier, split_texts
@@ -116,10 +118,9 @@ def from_datasets(
             "auroc": round(auroc(proj, y), 4),
             "accuracy": round(float(((proj > thr).astype(int) == y).mean()), 4),
         }
-    return SteeringVector(
-        directions=directions,
-        model=model.name,
-        d_model=model.d_model,
+    return assemble(
+        model,
+        directions,
         site=site,
         method="mean_diff",
         recipe={
@@ -130,7 +131,6 @@ def from_datasets(
             "site": site,
             "max_tokens": max_tokens,
         },
-        layer_norms=mean_residual_norms(model, layer_list, site),
         info={
             "n_pos_texts": len(pos),
             "n_neg_texts": len(neg),
@@ -180,10 +180,9 @@ def from_probe(
     r = fit_probe(X[tr], y[tr], X[te], y[te], C=C)
     unit = r.coef / max(float(np.linalg.norm(r.coef)), 1e-12)
     direction = unit * float(np.linalg.norm(r.mean_diff))  # (d_model,)
-    return SteeringVector(
-        directions={layer: torch.from_numpy(direction).float()},
-        model=model.name,
-        d_model=model.d_model,
+    return assemble(
+        model,
+        {layer: torch.from_numpy(direction).float()},
         site=site,
         method="probe",
         recipe={
@@ -197,7 +196,6 @@ def from_probe(
             "C": C,
             "max_tokens": max_tokens,
         },
-        layer_norms=mean_residual_norms(model, [layer], site),
         info={
             "probe_accuracy": round(r.test_accuracy, 4),
             "mean_diff_accuracy": round(r.mean_diff_test_accuracy, 4),

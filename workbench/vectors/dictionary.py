@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from workbench.activations.collect import mean_residual_norms
 from workbench.errors import WorkbenchError, check
 from workbench.model.hooks import Site
 from workbench.model.load import Model, load_model
+from workbench.vectors.assemble import assemble
 from workbench.vectors.vector import SteeringVector
 
 
@@ -118,14 +118,12 @@ def from_component(
     m, site, layer = _target("dictionary", meta, comps.shape[1], model, layer, site)
     direction = sign * comps[index].astype(np.float64)  # (width,)
     method_name = str(getattr(d, "method", type(d).__name__))
-    return SteeringVector(
-        directions={layer: _shape_for(direction, m, site)},
-        model=m.name,
-        d_model=m.d_model,
+    return assemble(
+        m,
+        {layer: _shape_for(direction, m, site)},
         site=site,
         method="component",
         recipe={"dictionary": path, "index": index, "sign": sign, "layer": layer, "site": site},
-        layer_norms=mean_residual_norms(m, [layer], site),
         info={
             "dictionary_method": method_name,
             "n_components": k,
@@ -193,14 +191,12 @@ def from_sae_feature(
     row = sign * W_dec[feature].astype(np.float64)  # (d_in,)
     if not np.isfinite(row).all():
         raise WorkbenchError(f"SAE feature {feature} has non-finite decoder weights")
-    return SteeringVector(
-        directions={layer: _shape_for(row, m, site)},
-        model=m.name,
-        d_model=m.d_model,
+    return assemble(
+        m,
+        {layer: _shape_for(row, m, site)},
         site=site,
         method="sae_feature",
         recipe={"sae": path, "feature": feature, "sign": sign, "layer": layer, "site": site},
-        layer_norms=mean_residual_norms(m, [layer], site),
         info={
             "d_sae": n,
             "feature": feature,

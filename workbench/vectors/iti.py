@@ -22,13 +22,13 @@ from workbench.activations.collect import (
     TextSpec,
     check_positions,
     collect,
-    mean_residual_norms,
     texts_recipe,
 )
 from workbench.corpora import load_text_set
 from workbench.errors import check
 from workbench.model.hooks import Site
 from workbench.model.load import Model
+from workbench.vectors.assemble import assemble
 from workbench.vectors.probe import probe_heldout, split_texts
 from workbench.vectors.vector import SteeringVector
 
@@ -150,11 +150,9 @@ def from_iti(
                 "sigma": round(sigma, 6),
             }
         )
-    layers = sorted(directions)
-    return SteeringVector(
-        directions=directions,
-        model=model.name,
-        d_model=model.d_model,
+    return assemble(
+        model,
+        directions,
         site="z",
         method="iti",
         recipe={
@@ -167,7 +165,6 @@ def from_iti(
             "C": C,
             "max_tokens": max_tokens,
         },
-        layer_norms=mean_residual_norms(model, layers, "z"),
         info={
             "k": k,
             "heads": chosen,

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from workbench.activations.collect import check_layers, mean_residual_norms, run_sites
+from workbench.activations.collect import check_layers, run_sites
 from workbench.errors import check
 from workbench.model.hooks import Site
 from workbench.model.load import Model
+from workbench.vectors.assemble import assemble
 from workbench.vectors.vector import SteeringVector
 
 RESID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -99,14 +100,12 @@ def from_prompts(
             }
         )
     directions = {layer: _mean_front_aligned(d) for layer, d in diffs.items()}
-    return SteeringVector(
-        directions=directions,
-        model=model.name,
-        d_model=model.d_model,
+    return assemble(
+        model,
+        directions,
         site=site,
         method="prompt_pair",
         recipe={"pos": pos_list, "neg": neg_list, "layers": layer_list, "site": site},
-        layer_norms=mean_residual_norms(model, layer_list, site),
         info={"pairs": pair_info, "space_token_id": space, "bos": model.bos_token_id},
     )
 
