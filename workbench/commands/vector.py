@@ -15,6 +15,7 @@ from typing import Any
 from workbench.activations.batches import ROW_POSITIONS
 from workbench.corpora import load_text_set
 from workbench.errors import check
+from workbench.model.hooks import Site
 from workbench.model.load import DEFAULT_MODEL, Model, load_model
 from workbench.vectors.vector import SteeringVector
 
@@ -262,6 +263,7 @@ def summary(v: SteeringVector, path: Path | None) -> dict[str, Any]:
         "norms": norms,
         "layer_norms": {str(k): round(x, 6) for k, x in v.layer_norms.items()},
         "norms_in_residual_units": units,
+        "layer_convention": {str(k): Site(v.site, k).convention for k in v.layers},
         "info": v.info,
     }
 
@@ -293,6 +295,7 @@ def render(result: dict[str, Any]) -> str:
             f"  layer {k}: shape {tuple(result['shapes'][k])}, norm {_fmt(result['norms'][k])}"
             + (rel if k in units else "")
         )
+        lines.append(f"    {result['layer_convention'][k]}")
     info = dict(result["info"])
     heads = info.pop("heads", None)
     info.pop("accuracy_table", None)
