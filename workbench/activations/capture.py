@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
 DEFAULT_SHARD_ROWS = 16384
-# Where each kind fires inside a block: the stopping hook goes on the last-firing site.
 
 
 @dataclass
@@ -91,6 +90,37 @@ class CaptureResult:
         return {**asdict(self), "path": str(self.path)}
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one capture runs, fixed before the first forward pass (see :func:`_plan`)."""
+
+    docs: list[str]
+    layers: list[int]
+    site: str
+    positions: str
+    dtype: str
+    backend: str
+    batch_size: int
+    limit: int  # tokens kept per document, BOS included
+    first: int  # 1 when the model prepends BOS, whose row is never stored
+    counts: list[int]  # tokens per document after truncation, BOS included
+    truncated: list[int]  # indices of the documents cut to ``limit``
+
+    @property
+    def kind_sites(self) -> list[Site]:
+        """The sites whose activations are stored."""
+        return [Site(self.site, layer) for layer in self.layers]
+
+    @property
+    def norm_sites(self) -> list[Site]:
+        """The residual sites whose norms go into the manifest (the site itself if residual)."""
+        return [Site(_norm_kind(self.site), layer) for layer in self.layers]
+
+    def real_tokens(self, lengths: list[int]) -> int:
+        """Tokens of documents with these lengths that yield rows (BOS excluded)."""
+        return sum(max(0, n - self.first) for n in lengths)
+
+
 def capture(
     model: Model,
     corpus: str | os.PathLike[str] | Sequence[str],
@@ -134,105 +164,20 @@ def capture(
     docs = load_corpus(corpus)
     path = Path(out).expanduser()
     old = check_destination(path, resume=resume, overwrite=overwrite)
-
-    limit = min(model.n_ctx, max_tokens) if max_tokens else model.n_ctx
-    first = 1 if model.bos_token_id is not None else 0
-    lengths = token_counts(model, docs, first, limit)  # per doc, BOS included, after truncation
-    truncated = [i for i, (n, full) in enumerate(lengths) if full > limit]
-    counts = [n for n, _ in lengths]
-    manifest = _manifest(
-        model,
-        corpus,
-        docs,
-        layer_list,
-        site,
-        positions,
-        dtype,
-        max_tokens,
-        batch_size,
-        shard_rows,
-        backend,
-        limit,
-        first,
-        truncated,
-    )
+    plan = _plan(model, docs, layer_list, site, positions, dtype, backend, batch_size, max_tokens)
+    manifest = _manifest(model, corpus, plan, max_tokens=max_tokens, shard_rows=shard_rows)
     if old is not None:
         writer = StoreWriter.resume(path, old, manifest)
     else:
-        writer = StoreWriter.create(path, manifest, doc_records(model, docs, first))
-    if truncated:
-        log.info("%d documents were longer than %d tokens; truncated", len(truncated), limit)
+        writer = StoreWriter.create(path, manifest, doc_records(model, docs, plan.first))
+    if plan.truncated:
+        log.info(
+            "%d documents were longer than %d tokens; truncated", len(plan.truncated), plan.limit
+        )
     if writer.complete:
         return _result(writer.manifest, path, 0.0, resumed=True, already_complete=True)
-
     resumed = writer.rows_stored > 0
-    start = time.perf_counter()
-    tokens_total = sum(max(0, n - first) for n in counts)
-    bar = tqdm(
-        total=tokens_total,
-        unit="tok",
-        unit_scale=True,
-        desc="capture",
-        file=sys.stderr,
-        disable=not progress_bar,
-        dynamic_ncols=True,
-    )
-    docs_done = tokens_done = tokens_run = 0
-    kind_sites = [Site(site, layer) for layer in layer_list]
-    norm_kind = site if site in RESID_KINDS else "resid_post"
-    norm_sites = [Site(norm_kind, layer) for layer in layer_list]
-    try:
-        with (
-            torch.inference_mode(),
-            recording(model, kind_sites + norm_sites, backend=backend, stop=True) as rec,
-        ):
-            for batch in batches(counts, batch_size):
-                lens = [counts[i] for i in batch]
-                n_rows = row_count(lens, first, positions)
-                skipped = n_rows <= writer.skip  # already in shards from an interrupted run
-                if skipped:
-                    writer.skip_rows(n_rows)
-                else:
-                    ids, mask, _ = model.encode([docs[i] for i in batch], max_tokens=limit)
-                    if mask.sum(1).tolist() != lens:  # resume relies on these counts
-                        raise RuntimeError("batch tokenisation disagrees with the token counts")
-                    _forward(model, backend, ids, mask)
-                    rows = select_rows(
-                        ids,
-                        mask,
-                        torch.tensor(batch),
-                        first,
-                        positions,
-                        DTYPES[dtype],
-                        [rec[s] for s in kind_sites],
-                        [rec[s] for s in norm_sites],
-                        layer_list,
-                    )
-                    rec.clear()
-                    writer.add(rows)
-                batch_tokens = sum(max(0, n - first) for n in lens)
-                tokens_run += 0 if skipped else batch_tokens
-                docs_done += len(batch)
-                tokens_done += batch_tokens
-                bar.update(batch_tokens)
-                if progress is not None:
-                    progress(
-                        CaptureProgress(
-                            docs_done=docs_done,
-                            n_docs=len(docs),
-                            tokens_done=tokens_done,
-                            tokens_total=tokens_total,
-                            tokens_run=tokens_run,
-                            rows=writer.rows_stored,
-                            shards=len(writer.manifest["shards"]),
-                            elapsed_s=time.perf_counter() - start,
-                        )
-                    )
-            elapsed = time.perf_counter() - start
-            writer.manifest["tokens_per_s"] = round(tokens_run / max(elapsed, 1e-9), 1)
-            writer.finish()
-    finally:
-        bar.close()
+    elapsed = _run_batches(model, plan, writer, progress, progress_bar)
     return _result(writer.manifest, path, elapsed, resumed=resumed, already_complete=False)
 
 
@@ -270,6 +215,40 @@ def _choose_backend(model: Model, site: str, backend: str) -> str:
     return backend
 
 
+def _norm_kind(site: str) -> str:
+    return site if site in RESID_KINDS else "resid_post"
+
+
+def _plan(
+    model: Model,
+    docs: list[str],
+    layers: list[int],
+    site: str,
+    positions: str,
+    dtype: str,
+    backend: str,
+    batch_size: int,
+    max_tokens: int | None,
+) -> _Plan:
+    """Count each document's tokens after truncation to the model's context or ``max_tokens``."""
+    limit = min(model.n_ctx, max_tokens) if max_tokens else model.n_ctx
+    first = 1 if model.bos_token_id is not None else 0
+    lengths = token_counts(model, docs, first, limit)  # per doc, BOS included, after truncation
+    return _Plan(
+        docs=docs,
+        layers=layers,
+        site=site,
+        positions=positions,
+        dtype=dtype,
+        backend=backend,
+        batch_size=batch_size,
+        limit=limit,
+        first=first,
+        counts=[n for n, _ in lengths],
+        truncated=[i for i, (n, full) in enumerate(lengths) if full > limit],
+    )
+
+
 def _corpus_source(corpus: str | os.PathLike[str] | Sequence[str], n: int) -> str:
     if isinstance(corpus, (str, os.PathLike)):
         return str(corpus)
@@ -277,40 +256,28 @@ def _corpus_source(corpus: str | os.PathLike[str] | Sequence[str], n: int) -> st
 
 
 def _manifest(
-    model: Model,
-    corpus: Any,
-    docs: list[str],
-    layers: list[int],
-    site: str,
-    positions: str,
-    dtype: str,
-    max_tokens: int | None,
-    batch_size: int,
-    shard_rows: int,
-    backend: str,
-    limit: int,
-    first: int,
-    truncated: list[int],
+    model: Model, corpus: Any, plan: _Plan, *, max_tokens: int | None, shard_rows: int
 ) -> dict[str, Any]:
+    """The store's manifest before any shard: model, site, layers, corpus digest, truncation."""
+    docs, site, limit, truncated = plan.docs, plan.site, plan.limit, plan.truncated
     digest = hashlib.sha256()
     for doc in docs:
         digest.update(doc.encode("utf-8") + b"\0")
     row_shape = [model.n_heads, model.d_head] if site == "z" else [model.d_model]
-    norm_site = site if site in RESID_KINDS else "resid_post"
     return {
         "format": FORMAT,
         "version": VERSION,
         "model": model.name,
         "model_info": model.describe(),
         "site": site,
-        "layers": layers,
-        "positions": positions,
-        "dtype": dtype,
+        "layers": plan.layers,
+        "positions": plan.positions,
+        "dtype": plan.dtype,
         "width": int(torch.tensor(row_shape).prod()),
         "row_shape": row_shape,
-        "bos": bool(first),
-        "backend": backend,
-        "batch_size": batch_size,
+        "bos": bool(plan.first),
+        "backend": plan.backend,
+        "batch_size": plan.batch_size,
         "shard_rows": shard_rows,
         "max_tokens": max_tokens,
         "corpus": {"source": _corpus_source(corpus, len(docs)), "n_docs": len(docs)},
@@ -322,12 +289,103 @@ def _manifest(
             "action": f"kept the first {limit} tokens (BOS included) of longer documents",
             "docs": truncated[:50],
         },
-        "norm_site": norm_site,
+        "norm_site": _norm_kind(site),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
 # --------------------------------------------------------------------------- forward pass
+
+
+def _run_batches(
+    model: Model,
+    plan: _Plan,
+    writer: StoreWriter,
+    progress: Callable[[CaptureProgress], None] | None,
+    progress_bar: bool,
+) -> float:
+    """Run every batch through the model (skipping those already stored), finish the store,
+    and return the seconds spent."""
+    start = time.perf_counter()
+    tokens_total = plan.real_tokens(plan.counts)
+    bar = tqdm(
+        total=tokens_total,
+        unit="tok",
+        unit_scale=True,
+        desc="capture",
+        file=sys.stderr,
+        disable=not progress_bar,
+        dynamic_ncols=True,
+    )
+    docs_done = tokens_done = tokens_run = 0
+    sites = plan.kind_sites + plan.norm_sites
+    try:
+        with (
+            torch.inference_mode(),
+            recording(model, sites, backend=plan.backend, stop=True) as rec,
+        ):
+            for batch in batches(plan.counts, plan.batch_size):
+                ran = _capture_batch(model, plan, batch, rec, writer)
+                batch_tokens = plan.real_tokens([plan.counts[i] for i in batch])
+                tokens_run += batch_tokens if ran else 0
+                docs_done += len(batch)
+                tokens_done += batch_tokens
+                bar.update(batch_tokens)
+                if progress is not None:
+                    progress(
+                        CaptureProgress(
+                            docs_done=docs_done,
+                            n_docs=len(plan.docs),
+                            tokens_done=tokens_done,
+                            tokens_total=tokens_total,
+                            tokens_run=tokens_run,
+                            rows=writer.rows_stored,
+                            shards=len(writer.manifest["shards"]),
+                            elapsed_s=time.perf_counter() - start,
+                        )
+                    )
+            elapsed = time.perf_counter() - start
+            writer.manifest["tokens_per_s"] = round(tokens_run / max(elapsed, 1e-9), 1)
+            writer.finish()
+    finally:
+        bar.close()
+    return elapsed
+
+
+def _capture_batch(
+    model: Model,
+    plan: _Plan,
+    batch: list[int],
+    rec: dict[Site, torch.Tensor],
+    writer: StoreWriter,
+) -> bool:
+    """Store the rows of the documents ``batch``, or skip them when an interrupted run already
+    stored them; return whether the model ran."""
+    lens = [plan.counts[i] for i in batch]
+    n_rows = row_count(lens, plan.first, plan.positions)
+    if n_rows <= writer.skip:  # already in shards from an interrupted run
+        writer.skip_rows(n_rows)
+        return False
+    ids, mask, _ = model.encode(
+        [plan.docs[i] for i in batch], max_tokens=plan.limit
+    )  # (batch, pos)
+    if mask.sum(1).tolist() != lens:  # resume relies on these counts
+        raise RuntimeError("batch tokenisation disagrees with the token counts")
+    _forward(model, plan.backend, ids, mask)
+    rows = select_rows(
+        ids,
+        mask,
+        torch.tensor(batch),
+        plan.first,
+        plan.positions,
+        DTYPES[plan.dtype],
+        [rec[s] for s in plan.kind_sites],
+        [rec[s] for s in plan.norm_sites],
+        plan.layers,
+    )
+    rec.clear()
+    writer.add(rows)
+    return True
 
 
 def _forward(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -> None:
