@@ -207,6 +207,66 @@ def measure(
     neither, an extra unsteered condition run in the same batches. Returns the results in the
     order of ``conditions`` and the baseline.
     """
+    _check_conditions(entries, conditions)
+    conds, base_idx = _with_baseline(conditions, len(entries), need=baseline is None)
+    raw = _run_all(model, entries, conds, spec, backend)
+    if base_idx is not None:
+        baseline = raw.baseline(base_idx, spec)
+    assert baseline is not None
+    results = [
+        _condition_result(model, c, raw.at(i), baseline, spec) for i, c in enumerate(conditions)
+    ]
+    return results, baseline
+
+
+# --------------------------------------------------------------------------- measure's steps
+
+
+@dataclass
+class _Raw:
+    """Each measure's raw numbers under every condition (index 0: the first condition)."""
+
+    on_ppl: np.ndarray | None  # (n_conditions, n_on_target)
+    off_ppl: np.ndarray | None  # (n_conditions, n_off_target)
+    neutral_logits: torch.Tensor | None  # (n_conditions, n_neutral, vocab)
+    prompt_logits: torch.Tensor | None  # (n_conditions, n_prompts, vocab)
+    texts: list[list[str]]  # per condition: n completions per prompt, prompt-major
+
+    def at(self, i: int) -> _RawRow:
+        """Condition ``i``'s numbers."""
+        return _RawRow(
+            on_ppl=None if self.on_ppl is None else self.on_ppl[i],
+            off_ppl=None if self.off_ppl is None else self.off_ppl[i],
+            neutral_logits=None if self.neutral_logits is None else self.neutral_logits[i],
+            prompt_logits=None if self.prompt_logits is None else self.prompt_logits[i],
+            texts=self.texts[i],
+        )
+
+    def baseline(self, i: int, spec: MeasureSpec) -> Baseline:
+        """Condition ``i`` (the unsteered one) as the :class:`Baseline` of the others."""
+        row = self.at(i)
+        return Baseline(
+            on_ppl=row.on_ppl,
+            off_ppl=row.off_ppl,
+            neutral_logits=row.neutral_logits,
+            prompt_logits=row.prompt_logits,
+            rows=_completion_rows(row.texts, spec) if spec.n > 0 else {},
+            completions=row.texts,
+        )
+
+
+@dataclass
+class _RawRow:
+    """One condition's raw numbers (see :class:`_Raw`)."""
+
+    on_ppl: np.ndarray | None  # (n_on_target,)
+    off_ppl: np.ndarray | None  # (n_off_target,)
+    neutral_logits: torch.Tensor | None  # (n_neutral, vocab)
+    prompt_logits: torch.Tensor | None  # (n_prompts, vocab)
+    texts: list[str]
+
+
+def _check_conditions(entries: Sequence[PlanEntry], conditions: Sequence[Condition]) -> None:
     check(len(entries) > 0, "nothing to measure: the plan has no vectors")
     check(len(conditions) > 0, "nothing to measure: give at least one condition")
     for c in conditions:
@@ -214,32 +274,44 @@ def measure(
             len(c.coeffs) == len(entries),
             f"condition '{c.label}' has {len(c.coeffs)} coefficients for {len(entries)} vectors",
         )
+
+
+def _with_baseline(
+    conditions: Sequence[Condition], n_entries: int, *, need: bool
+) -> tuple[list[Condition], int | None]:
+    """The conditions to run and the index of the unsteered one; when none is among
+    ``conditions`` and one is ``need``-ed (no baseline given), an unsteered one is appended."""
     conds = list(conditions)
     base_idx = next((i for i, c in enumerate(conds) if c.is_baseline), None)
-    if base_idx is None and baseline is None:
-        conds.append(Condition("unsteered", (0.0,) * len(entries)))
+    if base_idx is None and need:
+        conds.append(Condition("unsteered", (0.0,) * n_entries))
         base_idx = len(conds) - 1
+    return conds, base_idx
+
+
+def _run_all(
+    model: Model,
+    entries: Sequence[PlanEntry],
+    conds: list[Condition],
+    spec: MeasureSpec,
+    backend: str | None,
+) -> _Raw:
+    """Every measure ``spec`` asks for, one batch (all conditions) per measure."""
     kw: dict[str, Any] = {"backend": backend}
-    on = off = None
-    if spec.on_target:
-        on = sentence_perplexities(
-            model,
-            entries,
-            conds,
-            spec.on_target,
-            max_tokens=spec.max_tokens,
-            batch_size=spec.batch_size,
-            **kw,
-        )
-    if spec.off_target:
-        off = sentence_perplexities(
-            model,
-            entries,
-            conds,
-            spec.off_target,
-            max_tokens=spec.max_tokens,
-            batch_size=spec.batch_size,
-            **kw,
+    ppl: dict[str, np.ndarray | None] = {}
+    for key, sentences in (("on", spec.on_target), ("off", spec.off_target)):
+        ppl[key] = (
+            sentence_perplexities(
+                model,
+                entries,
+                conds,
+                sentences,
+                max_tokens=spec.max_tokens,
+                batch_size=spec.batch_size,
+                **kw,
+            )
+            if sentences
+            else None
         )
     neutral = (
         last_token_logits(model, entries, conds, spec.neutral, batch_size=spec.batch_size, **kw)
@@ -263,43 +335,50 @@ def measure(
             batch_size=spec.gen_batch_size,
             **kw,
         )
-    if base_idx is not None:
-        baseline = Baseline(
-            on_ppl=None if on is None else on[base_idx],
-            off_ppl=None if off is None else off[base_idx],
-            neutral_logits=None if neutral is None else neutral[base_idx],
-            prompt_logits=None if prompt_logits is None else prompt_logits[base_idx],
-            rows=_completion_rows(texts[base_idx], spec) if spec.n > 0 else {},
-            completions=texts[base_idx],
-        )
-    assert baseline is not None
-    results = []
-    for i, c in enumerate(conditions):
-        rows: dict[str, np.ndarray] = {}
-        deltas: dict[str, np.ndarray] = {}
-        kl_top: list[dict[str, Any]] = []
-        if on is not None and baseline.on_ppl is not None:
-            rows["on_target_ratio"] = on[i] / baseline.on_ppl
-        if off is not None and baseline.off_ppl is not None:
-            rows["off_target_ratio"] = off[i] / baseline.off_ppl
-        if neutral is not None and baseline.neutral_logits is not None:
-            q = baseline.neutral_logits
-            rows["kl"] = next_token_kl(neutral[i], q).numpy()
-            rows["entropy"] = next_token_entropy(neutral[i]).numpy()
-            deltas["entropy"] = rows["entropy"] - next_token_entropy(q).numpy()
-            kl_top = kl_top_tokens(model, neutral[i], q, spec.kl_top_k)
-        if prompt_logits is not None and baseline.prompt_logits is not None:
-            for t in spec.targets:
-                shift = target_logprob_shift(prompt_logits[i], baseline.prompt_logits, list(t.ids))
-                rows[f"target_logprob_shift:{t.name}"] = shift.numpy()
-        if spec.n > 0:
-            crow = _completion_rows(texts[i], spec)
-            rows.update(crow)
-            for k, v in crow.items():
-                if k in baseline.rows and baseline.rows[k].shape == v.shape:
-                    deltas[k] = v - baseline.rows[k]
-        results.append(ConditionResult(c, rows, deltas, kl_top, texts[i]))
-    return results, baseline
+    return _Raw(ppl["on"], ppl["off"], neutral, prompt_logits, texts)
+
+
+def _condition_result(
+    model: Model, cond: Condition, raw: _RawRow, baseline: Baseline, spec: MeasureSpec
+) -> ConditionResult:
+    """One condition's measures, per sample, compared with the baseline."""
+    rows: dict[str, np.ndarray] = {}
+    deltas: dict[str, np.ndarray] = {}
+    kl_top: list[dict[str, Any]] = []
+    if raw.on_ppl is not None and baseline.on_ppl is not None:
+        rows["on_target_ratio"] = raw.on_ppl / baseline.on_ppl  # (n_on_target,)
+    if raw.off_ppl is not None and baseline.off_ppl is not None:
+        rows["off_target_ratio"] = raw.off_ppl / baseline.off_ppl  # (n_off_target,)
+    if raw.neutral_logits is not None and baseline.neutral_logits is not None:
+        q = baseline.neutral_logits  # (n_neutral, vocab)
+        rows["kl"] = next_token_kl(raw.neutral_logits, q).numpy()
+        rows["entropy"] = next_token_entropy(raw.neutral_logits).numpy()
+        deltas["entropy"] = rows["entropy"] - next_token_entropy(q).numpy()
+        kl_top = kl_top_tokens(model, raw.neutral_logits, q, spec.kl_top_k)
+    if raw.prompt_logits is not None and baseline.prompt_logits is not None:
+        rows.update(_target_shifts(raw.prompt_logits, baseline.prompt_logits, spec.targets))
+    if spec.n > 0:
+        crow = _completion_rows(raw.texts, spec)
+        rows.update(crow)
+        deltas.update(_paired_deltas(crow, baseline.rows))
+    return ConditionResult(cond, rows, deltas, kl_top, raw.texts)
+
+
+def _target_shifts(
+    logits: torch.Tensor, base: torch.Tensor, targets: Sequence[Targets]
+) -> dict[str, np.ndarray]:
+    """``target_logprob_shift:NAME`` per prompt for each target set; logits ``(n_prompts, vocab)``."""
+    return {
+        f"target_logprob_shift:{t.name}": target_logprob_shift(logits, base, list(t.ids)).numpy()
+        for t in targets
+    }
+
+
+def _paired_deltas(
+    rows: dict[str, np.ndarray], base: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Per-sample differences from the baseline, for the measures it has with the same shape."""
+    return {k: v - base[k] for k, v in rows.items() if k in base and base[k].shape == v.shape}
 
 
 # --------------------------------------------------------------------------- one plan
