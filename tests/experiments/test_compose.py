@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -102,3 +104,17 @@ def test_compose_needs_a_metric_per_vector(tiny_model: Model) -> None:
         run_compose(tiny_model, items, _spec(items))
     with pytest.raises(WorkbenchError, match="at least two"):
         run_compose(tiny_model, items[:1], _spec(items))
+
+
+def test_run_compose_leaves_the_callers_items_unchanged(tiny_model: Model) -> None:
+    items = _items(tiny_model, 6.0, layer_b=1)
+    items = [dataclasses.replace(it, label="") for it in items]
+    before = [dataclasses.replace(it) for it in items]
+    directions = [{k: t.clone() for k, t in it.vector.directions.items()} for it in items]
+    data = run_compose(tiny_model, items, _spec(items), orthogonalize=True)
+    assert [v["label"] for v in data["vectors"]] == ["v1", "v2"]
+    assert [it.label for it in items] == ["", ""]
+    assert items == before  # every field, not only the label
+    for it, saved in zip(items, directions, strict=True):
+        assert it.vector.directions.keys() == saved.keys()
+        assert all(torch.equal(it.vector.directions[k], saved[k]) for k in saved)

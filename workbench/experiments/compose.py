@@ -141,10 +141,6 @@ def summarize(
     }
 
 
-def _damage(r: ConditionResult) -> dict[str, Any]:
-    return {k: r.estimate(k).to_json() for k in ("off_target_ratio", "kl") if k in r.rows}
-
-
 def run_compose(
     model: Model,
     items: Sequence[ComposeItem],
@@ -157,6 +153,8 @@ def run_compose(
     """Measure the vectors alone, in pairs and all together; return the compose JSON.
 
     ``spec`` must include every item's ``targets`` (and ``sentiment`` if an item uses it).
+    ``items`` are left as they are; an item without a label is called ``v1``, ``v2``, ... in
+    the JSON.
 
     Example:
         >>> items = [ComposeItem(love, 5.0, 6, "love", love_words),                # doctest: +SKIP
@@ -165,28 +163,8 @@ def run_compose(
         >>> data["retention"], data["interference"]                                # doctest: +SKIP
     """
     check(len(items) >= 2, "composition needs at least two vectors; give --vector twice")
-    names = [t.name for t in spec.targets]
-    notes: list[str] = []
-    vectors, layers = [], []
-    for i, it in enumerate(items):
-        it.label = it.label or f"v{i + 1}"
-        if it.targets is not None:
-            check(it.targets.name in names, f"targets of '{it.label}' are missing from the spec")
-        if it.score == "sentiment":
-            check(spec.sentiment and spec.n > 0, "sentiment needs sampled completions (--n > 0)")
-        check(
-            not (sampled and it.targets is not None and spec.n == 0),
-            "sampled target words need completions; give --n > 0",
-        )
-        layer = it.layer if it.layer is not None else it.vector.layers[0]
-        check(
-            it.layer is not None or len(it.vector.layers) == 1,
-            f"vector '{it.label}' has layers {it.vector.layers}; choose one with --layer",
-        )
-        vec, note = vector_at_layer(model, it.vector, layer)
-        notes += [f"{it.label}: {note}"] if note else []
-        vectors.append(vec)
-        layers.append(layer)
+    items = _labelled(items)  # copies: the caller's items keep their (empty) labels
+    vectors, layers, notes = _prepare(model, items, spec, sampled)
     if orthogonalize:
         vectors = _orthogonalize(vectors, layers)
         notes.append("each vector was orthogonalized against the earlier ones at its layer")
@@ -194,38 +172,13 @@ def run_compose(
         PlanEntry(v, it.coeff, layers=[layer], position=it.position, units=units, label=it.label)
         for v, it, layer in zip(vectors, items, layers, strict=True)
     ]
-    n = len(items)
-    on = [float(it.coeff) for it in items]
-
-    def coeffs(active: Sequence[int]) -> tuple[float, ...]:
-        return tuple(on[k] if k in active else 0.0 for k in range(n))
-
-    runs: dict[tuple[float, ...], str] = {coeffs([]): "unsteered"}
-    for k in range(n):
-        runs.setdefault(coeffs([k]), f"{items[k].label} alone")
-    for i, j in itertools.combinations(range(n), 2):
-        runs.setdefault(coeffs([i, j]), f"{items[i].label} + {items[j].label}")
-    runs.setdefault(coeffs(range(n)), "all together")
-    conds = [Condition(label, c) for c, label in runs.items()]
+    conds = _conditions(items)
     results, _ = measure(model, entries, conds, spec)
     by = {c.coeffs: r for c, r in zip(conds, results, strict=True)}
     metrics = [it.metric(sampled) for it in items]
-
-    def effect(k: int, active: Sequence[int]) -> Estimate:
-        return by[coeffs(active)].delta(metrics[k])
-
-    alone = [effect(k, [k]) for k in range(n)]
-    combined = [effect(k, range(n)) for k in range(n)]
-    pairs = [[effect(i, [i, j]) if i != j else alone[i] for j in range(n)] for i in range(n)]
-    summary = summarize(alone, combined, pairs)
-    all_run = by[coeffs(range(n))]
-    alone_runs = [by[coeffs([k])] for k in range(n)]
-    versus = []
-    for r in alone_runs:
-        if "off_target_ratio" in r.rows:
-            d = estimate_diff(all_run.rows["off_target_ratio"], r.rows["off_target_ratio"])
-            versus.append(d.to_json())
-    shown = spec.prompts[:2] if spec.n > 0 else []
+    n = len(items)
+    all_run = by[_coeffs(items, range(n))]
+    alone_runs = [by[_coeffs(items, [k])] for k in range(n)]
     return {
         "kind": "compose",
         "model": model.name,
@@ -243,21 +196,120 @@ def run_compose(
             }
             for it, v, layer, e, m in zip(items, vectors, layers, entries, metrics, strict=True)
         ],
-        **summary,
+        **_summary(items, by, metrics),
         "cosine": cosines(vectors, layers),
-        "damage": {
-            "combined": _damage(all_run),
-            "alone": [_damage(r) for r in alone_runs],
-            "combined_minus_alone_off_target": versus,
-        },
-        "samples": [
-            {
-                "run": c.label,
-                "completions": [
-                    {"prompt": p, "text": r.completions[i * spec.n]} for i, p in enumerate(shown)
-                ],
-            }
-            for c, r in zip(conds, results, strict=True)
-        ],
+        "damage": _damage_json(all_run, alone_runs),
+        "samples": _samples(conds, results, spec),
         "notes": notes,
     }
+
+
+# --------------------------------------------------------------------------- run_compose's steps
+
+
+def _labelled(items: Sequence[ComposeItem]) -> list[ComposeItem]:
+    """Copies of ``items``, an unlabelled one named by its place (``v1``, ``v2``, ...)."""
+    return [replace(it, label=it.label or f"v{i + 1}") for i, it in enumerate(items)]
+
+
+def _check_item(it: ComposeItem, spec: MeasureSpec, sampled: bool) -> None:
+    """Fail before any model run if ``spec`` cannot measure the item's own metric."""
+    if it.targets is not None:
+        names = [t.name for t in spec.targets]
+        check(it.targets.name in names, f"targets of '{it.label}' are missing from the spec")
+    if it.score == "sentiment":
+        check(spec.sentiment and spec.n > 0, "sentiment needs sampled completions (--n > 0)")
+    check(
+        not (sampled and it.targets is not None and spec.n == 0),
+        "sampled target words need completions; give --n > 0",
+    )
+
+
+def _prepare(
+    model: Model, items: Sequence[ComposeItem], spec: MeasureSpec, sampled: bool
+) -> tuple[list[SteeringVector], list[int], list[str]]:
+    """Check each item, then put its vector at its layer (its only one when none is given);
+    the vectors, their layers and notes."""
+    vectors: list[SteeringVector] = []
+    layers: list[int] = []
+    notes: list[str] = []
+    for it in items:
+        _check_item(it, spec, sampled)
+        layer = it.layer if it.layer is not None else it.vector.layers[0]
+        check(
+            it.layer is not None or len(it.vector.layers) == 1,
+            f"vector '{it.label}' has layers {it.vector.layers}; choose one with --layer",
+        )
+        vec, note = vector_at_layer(model, it.vector, layer)
+        notes += [f"{it.label}: {note}"] if note else []
+        vectors.append(vec)
+        layers.append(layer)
+    return vectors, layers, notes
+
+
+def _coeffs(items: Sequence[ComposeItem], active: Sequence[int]) -> tuple[float, ...]:
+    """One coefficient per item: its own for the ``active`` items, 0 for the rest."""
+    return tuple(float(it.coeff) if k in active else 0.0 for k, it in enumerate(items))
+
+
+def _conditions(items: Sequence[ComposeItem]) -> list[Condition]:
+    """Unsteered, each vector alone, every pair and all together (duplicates run once)."""
+    n = len(items)
+    runs: dict[tuple[float, ...], str] = {_coeffs(items, []): "unsteered"}
+    for k in range(n):
+        runs.setdefault(_coeffs(items, [k]), f"{items[k].label} alone")
+    for i, j in itertools.combinations(range(n), 2):
+        runs.setdefault(_coeffs(items, [i, j]), f"{items[i].label} + {items[j].label}")
+    runs.setdefault(_coeffs(items, range(n)), "all together")
+    return [Condition(label, c) for c, label in runs.items()]
+
+
+def _summary(
+    items: Sequence[ComposeItem],
+    by: dict[tuple[float, ...], ConditionResult],
+    metrics: list[str],
+) -> dict[str, Any]:
+    """Each vector's own effect alone, in pairs and all together, summarised (:func:`summarize`)."""
+    n = len(items)
+
+    def effect(k: int, active: Sequence[int]) -> Estimate:
+        return by[_coeffs(items, active)].delta(metrics[k])
+
+    alone = [effect(k, [k]) for k in range(n)]
+    combined = [effect(k, range(n)) for k in range(n)]
+    pairs = [[effect(i, [i, j]) if i != j else alone[i] for j in range(n)] for i in range(n)]
+    return summarize(alone, combined, pairs)
+
+
+def _damage(r: ConditionResult) -> dict[str, Any]:
+    return {k: r.estimate(k).to_json() for k in ("off_target_ratio", "kl") if k in r.rows}
+
+
+def _damage_json(all_run: ConditionResult, alone_runs: list[ConditionResult]) -> dict[str, Any]:
+    """Damage of the combination and of each vector alone, and their paired difference."""
+    versus = []
+    for r in alone_runs:
+        if "off_target_ratio" in r.rows:
+            d = estimate_diff(all_run.rows["off_target_ratio"], r.rows["off_target_ratio"])
+            versus.append(d.to_json())
+    return {
+        "combined": _damage(all_run),
+        "alone": [_damage(r) for r in alone_runs],
+        "combined_minus_alone_off_target": versus,
+    }
+
+
+def _samples(
+    conds: list[Condition], results: list[ConditionResult], spec: MeasureSpec
+) -> list[dict[str, Any]]:
+    """The first sampled completion of the first two prompts under every run."""
+    shown = spec.prompts[:2] if spec.n > 0 else []
+    return [
+        {
+            "run": c.label,
+            "completions": [
+                {"prompt": p, "text": r.completions[i * spec.n]} for i, p in enumerate(shown)
+            ],
+        }
+        for c, r in zip(conds, results, strict=True)
+    ]
