@@ -20,10 +20,11 @@ from dictionaries.base import Dictionary
 from workbench.activations.store import ActivationStore
 from workbench.corpora import list_builtin
 from workbench.decompose import maps
-from workbench.decompose.discover import Discovery, ProbeSettings, discover
+from workbench.decompose.discover import Discovery, discover
 from workbench.decompose.fit import evaluate_heldout, fit_from_store, heldout_docs, make_dictionary
 from workbench.decompose.inspect import ComponentReport, inspect_components
 from workbench.decompose.maps import Map2D
+from workbench.decompose.trials import TrialSettings
 from workbench.experiments.compose import ComposeItem, run_compose
 from workbench.experiments.overshoot import OvershootThresholds
 from workbench.experiments.sweep import SweepConfig, parse_coeffs, run_sweep
@@ -223,12 +224,13 @@ def discovery(
     scale: float,
 ) -> Discovery:
     del stamp
+    # Discovery now calibrates each candidate's coefficient; ``scale`` is where the search starts.
     return discover(
         get_model(model_name),
         dictionary,
         ActivationStore.open(store_path),
         layer=layer,
-        settings=ProbeSettings(scale=scale),
+        settings=TrialSettings(coeff_start=scale),
     )
 
 

@@ -29,6 +29,7 @@ from workbench.measure.text_metrics import WEDDING_WORDS
 from workbench.model.load import DEFAULT_MODEL, Model, load_model
 from workbench.report.write import write_run
 from workbench.vectors.build import from_prompts, random_like
+from workbench.vectors.vector import SteeringVector
 
 LOVE_WORDS = ("love", "loving", "loved", "happy", "kind", "wonderful", "friend")
 Log = Callable[[str], None]
@@ -80,7 +81,8 @@ class _Stages:
     """Prints each stage with its timing and keeps ``[{stage, seconds, summary}]``."""
 
     def __init__(self, log: Log, total: int) -> None:
-        self.log, self.total, self.rows = log, total, []  # type: ignore[var-annotated]
+        self.log, self.total = log, total
+        self.rows: list[dict[str, Any]] = []
         self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
     @contextlib.contextmanager
@@ -133,18 +135,40 @@ def _fit_dictionaries(store: ActivationStore, layer: int, model: Model, s: DemoS
 def _discover(
     model: Model, pca: Any, store: ActivationStore, layer: int, s: DemoSettings, out: Path
 ) -> tuple[list[dict[str, Any]], str]:
+    """Rank both signs of every PCA component and save them; the top five, or a skip note."""
     try:
-        from workbench.decompose.discover import ProbeSettings, discover
+        from workbench.decompose.discover import discover
+        from workbench.decompose.trials import TrialSettings
     except ImportError:
         return [], "discovery skipped: workbench.decompose.discover is not available in this build"
-    probe = ProbeSettings(
-        n_prompts=s.probe_prompts, n_damage=s.probe_texts, max_new_tokens=s.max_new_tokens // 2 or 1
+    trials = TrialSettings(
+        n_prompts=s.probe_prompts,
+        n_damage=s.probe_texts,
+        n_completion_prompts=s.probe_prompts,
+        max_new_tokens=s.max_new_tokens // 2 or 1,
     )
-    found = discover(model, pca, store, layer=layer, settings=probe)
+    found = discover(model, pca, store, layer=layer, settings=trials)
     found.save(out)
-    keys = ("label", "score", "effect", "damage", "ppl_ratio", "completion", "vector_path")
-    top = [{"name": c.name, **{k: getattr(c, k) for k in keys}} for c in found.candidates[:5]]
-    return top, ""
+    keys = ("label", "score", "effect", "effect_vs_random", "ppl_ratio", "suggested_coeff")
+    return [_candidate_row(c, keys) for c in found.candidates[:5]], ""
+
+
+def _candidate_row(c: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """One candidate as the demo shows it: its numbers, first completion and vector file."""
+    completion = c.completions[0] if c.completions else ""
+    return {
+        "name": c.name,
+        **{k: getattr(c, k) for k in keys},
+        "completion": completion,
+        "vector_path": c.vector_path,
+    }
+
+
+def _candidates_summary(cands: list[dict[str, Any]], s: DemoSettings) -> str:
+    return (
+        f"{2 * s.pca_k} signed PCA components ranked; best {cands[0]['label']!r} "
+        f"(score {cands[0]['score']:.3g})"
+    )
 
 
 def run_demo(
@@ -154,7 +178,12 @@ def run_demo(
     quick: bool = False,
     log: Log = print,
 ) -> dict[str, Any]:
-    """Run the whole pipeline; write ``out/demo.json`` and ``out/report.html``; return the JSON."""
+    """Run the whole pipeline; write ``out/demo.json`` and ``out/report.html``; return the JSON.
+
+    Example:
+        >>> data = run_demo(out="runs/demo", quick=True)  # doctest: +SKIP
+        >>> data["findings"][0]  # doctest: +SKIP
+    """
     s = DemoSettings.quick() if quick else DemoSettings()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -168,117 +197,32 @@ def run_demo(
         dict_layer = steer_layer  # discovered candidates live where the sweep steers
         data["model"] = model.name
         row["summary"] = f"{model.name}: {model.n_layers} layers, d_model {model.d_model}"
-
     with st.stage("capture a built-in corpus") as row:
-        texts = load_corpus("builtin:general", limit=s.n_general)
-        texts += load_corpus("builtin:loving", limit=s.n_contrast)
-        texts += load_corpus("builtin:hateful", limit=s.n_contrast)
-        res = capture(
-            model,
-            texts,
-            [dict_layer],
-            site="resid_pre",
-            positions="all",
-            max_tokens=s.capture_max_tokens,
-            out=folder / "acts",
-            overwrite=True,
-            progress_bar=False,
-        )
-        store = ActivationStore.open(folder / "acts")
-        row["summary"] = (
-            f"{res.docs} docs, {res.rows} rows at layer {dict_layer} ({res.tokens_per_s:.0f} tok/s)"
-        )
-
+        store, row["summary"] = _capture_corpus(model, dict_layer, s, folder / "acts")
     with st.stage("fit PCA and an SAE") as row:
-        pca, sae, quality = _fit_dictionaries(store, dict_layer, model, s)
-        pca.save(folder / "pca")
-        sae.save(folder / "sae")
-        data["dictionaries"] = quality
-        row["summary"] = (
-            f"PCA k={s.pca_k} explains {quality['pca']['fve']:.2f} of the variance; SAE "
-            f"{s.sae_latents} latents explains {quality['sae']['fve']:.2f} at L0 "
-            f"{quality['sae']['l0']:.1f}"
+        pca, data["dictionaries"], row["summary"] = _dictionaries(
+            store, dict_layer, model, s, folder
         )
-
     with st.stage("discover and rank candidates") as row:
         cands, note = _discover(model, pca, store, dict_layer, s, folder / "discover")
         data["candidates"] = cands
         notes += [note] if note else []
-        row["summary"] = note or (
-            f"{2 * s.pca_k} signed PCA components ranked; best {cands[0]['label']!r} "
-            f"(score {cands[0]['score']:.3g})"
-        )
-
+        row["summary"] = note or _candidates_summary(cands, s)
     with st.stage("build a prompt-pair vector and its random control") as row:
-        # Both layers in one pass: the compose stage needs the vector at the second layer too.
-        wedding = from_prompts(model, " wedding", " ", [steer_layer, layer2])
-        love = from_prompts(model, "Love", "Hate", [steer_layer])
-        (folder / "vectors").mkdir(exist_ok=True)
-        wedding.save(folder / "vectors" / "wedding.safetensors")
-        random_like(wedding.at_layers([steer_layer]), 0).save(
-            folder / "vectors" / "wedding_random.safetensors"
-        )
-        love.save(folder / "vectors" / "love_hate.safetensors")
-        row["summary"] = (
-            f"' wedding' - ' ' at layer {steer_layer}: norm {wedding.norm(steer_layer):.1f} vs "
-            f"residual norm {wedding.layer_norms[steer_layer]:.1f}"
-        )
-
+        wedding, love, row["summary"] = _vectors(model, steer_layer, layer2, folder / "vectors")
     with st.stage("sweep the wedding vector") as row:
         neutral = load_corpus("builtin:neutral_prompts")
-        spec = MeasureSpec(
-            prompts=neutral[: s.n_prompts],
-            targets=[target_set(model, WEDDING_WORDS, "wedding")],
-            on_target=load_corpus("builtin:wedding", limit=s.n_sentences),
-            off_target=load_corpus("builtin:unrelated", limit=s.n_sentences),
-            neutral=neutral[: s.n_neutral],
-            n=s.n_samples,
-            sampling=actadd_sampling(s.max_new_tokens),
-            max_tokens=32,
-        )
-        effect = default_effect(spec, "on_target")
-        sweep = run_sweep(
-            model,
-            wedding,
-            SweepConfig(s.coeffs, [steer_layer], attention_prompts=2),
-            spec,
-            effect,
-            out=folder / "sweep",
-            overwrite=True,
-            label="' wedding' - ' '",
-            log=lambda m: log("      " + m),
-        )
-        write_run(folder / "sweep", sweep)
+        spec = _sweep_spec(model, neutral, s)
+        sweep = _sweep(model, wedding, steer_layer, spec, s, folder / "sweep", log)
         data["sweep"] = sweep
         ov = sweep["overshoot"][0]
         row["summary"] = f"onset {ov['onset']}, best {ov['best']}, breakdown {ov['breakdown']}"
-
     with st.stage("compose two vectors at two layers") as row:
-        c_love, c_wed = s.compose_coeffs
-        items = [
-            ComposeItem(
-                love, c_love, steer_layer, "'Love' - 'Hate'", target_set(model, LOVE_WORDS, "love")
-            ),
-            ComposeItem(
-                wedding,
-                c_wed,
-                layer2,
-                "' wedding' - ' '",
-                target_set(model, WEDDING_WORDS, "wedding"),
-            ),
-        ]
-        cspec = MeasureSpec(
-            prompts=["I hate you because", "I went up to my friend and said"] + neutral[1:3],
-            targets=[it.targets for it in items if it.targets is not None],
-            off_target=spec.off_target[: s.n_compose_texts],
-            neutral=spec.neutral[: s.n_compose_texts],
-        )
-        comp = run_compose(model, items, cspec)
+        comp = _compose(model, love, wedding, (steer_layer, layer2), spec, neutral, s)
         data["compose"] = comp
         row["summary"] = "retention " + ", ".join(
             f"{v['label']} {r:.2f}" for v, r in zip(comp["vectors"], comp["retention"], strict=True)
         )
-
     with st.stage("write the report") as row:
         data["findings"] = findings(data)
         data["notes"] = notes + sweep.get("notes", []) + comp.get("notes", [])
@@ -290,6 +234,135 @@ def run_demo(
     data["total_cpu_seconds"] = round(time.process_time() - st.cpu_start, 1)
     write_json(folder / "demo.json", data)
     return data
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+def _capture_corpus(
+    model: Model, layer: int, s: DemoSettings, out: Path
+) -> tuple[ActivationStore, str]:
+    """General text plus loving and hateful text at ``layer``; the store and a summary line."""
+    texts = load_corpus("builtin:general", limit=s.n_general)
+    texts += load_corpus("builtin:loving", limit=s.n_contrast)
+    texts += load_corpus("builtin:hateful", limit=s.n_contrast)
+    res = capture(
+        model,
+        texts,
+        [layer],
+        site="resid_pre",
+        positions="all",
+        max_tokens=s.capture_max_tokens,
+        out=out,
+        overwrite=True,
+        progress_bar=False,
+    )
+    summary = f"{res.docs} docs, {res.rows} rows at layer {layer} ({res.tokens_per_s:.0f} tok/s)"
+    return ActivationStore.open(out), summary
+
+
+def _dictionaries(
+    store: ActivationStore, layer: int, model: Model, s: DemoSettings, folder: Path
+) -> tuple[Any, dict[str, Any], str]:
+    """Fit and save PCA and the SAE; the PCA (discovery's input), their quality, a summary."""
+    pca, sae, quality = _fit_dictionaries(store, layer, model, s)
+    pca.save(folder / "pca")
+    sae.save(folder / "sae")
+    summary = (
+        f"PCA k={s.pca_k} explains {quality['pca']['fve']:.2f} of the variance; SAE "
+        f"{s.sae_latents} latents explains {quality['sae']['fve']:.2f} at L0 "
+        f"{quality['sae']['l0']:.1f}"
+    )
+    return pca, quality, summary
+
+
+def _vectors(
+    model: Model, steer_layer: int, layer2: int, folder: Path
+) -> tuple[SteeringVector, SteeringVector, str]:
+    """The wedding vector (at both layers), its random control and "Love" - "Hate", saved."""
+    # Both layers in one pass: the compose stage needs the vector at the second layer too.
+    wedding = from_prompts(model, " wedding", " ", [steer_layer, layer2])
+    love = from_prompts(model, "Love", "Hate", [steer_layer])
+    folder.mkdir(exist_ok=True)
+    wedding.save(folder / "wedding.safetensors")
+    random_like(wedding.at_layers([steer_layer]), 0).save(folder / "wedding_random.safetensors")
+    love.save(folder / "love_hate.safetensors")
+    summary = (
+        f"' wedding' - ' ' at layer {steer_layer}: norm {wedding.norm(steer_layer):.1f} vs "
+        f"residual norm {wedding.layer_norms[steer_layer]:.1f}"
+    )
+    return wedding, love, summary
+
+
+def _sweep_spec(model: Model, neutral: list[str], s: DemoSettings) -> MeasureSpec:
+    """What the sweep measures: wedding words, wedding vs unrelated sentences, neutral KL."""
+    return MeasureSpec(
+        prompts=neutral[: s.n_prompts],
+        targets=[target_set(model, WEDDING_WORDS, "wedding")],
+        on_target=load_corpus("builtin:wedding", limit=s.n_sentences),
+        off_target=load_corpus("builtin:unrelated", limit=s.n_sentences),
+        neutral=neutral[: s.n_neutral],
+        n=s.n_samples,
+        sampling=actadd_sampling(s.max_new_tokens),
+        max_tokens=32,
+    )
+
+
+def _sweep(
+    model: Model,
+    wedding: SteeringVector,
+    layer: int,
+    spec: MeasureSpec,
+    s: DemoSettings,
+    out: Path,
+    log: Log,
+) -> dict[str, Any]:
+    """Sweep the wedding vector's coefficient at ``layer`` with controls; write its report."""
+    sweep = run_sweep(
+        model,
+        wedding,
+        SweepConfig(s.coeffs, [layer], attention_prompts=2),
+        spec,
+        default_effect(spec, "on_target"),
+        out=out,
+        overwrite=True,
+        label="' wedding' - ' '",
+        log=lambda m: log("      " + m),
+    )
+    write_run(out, sweep)
+    return sweep
+
+
+def _compose(
+    model: Model,
+    love: SteeringVector,
+    wedding: SteeringVector,
+    layers: tuple[int, int],
+    spec: MeasureSpec,
+    neutral: list[str],
+    s: DemoSettings,
+) -> dict[str, Any]:
+    """Compose "Love" - "Hate" at the first layer with the wedding vector at the second (ActAdd)."""
+    c_love, c_wed = s.compose_coeffs
+    items = [
+        ComposeItem(
+            love, c_love, layers[0], "'Love' - 'Hate'", target_set(model, LOVE_WORDS, "love")
+        ),
+        ComposeItem(
+            wedding,
+            c_wed,
+            layers[1],
+            "' wedding' - ' '",
+            target_set(model, WEDDING_WORDS, "wedding"),
+        ),
+    ]
+    cspec = MeasureSpec(
+        prompts=["I hate you because", "I went up to my friend and said"] + neutral[1:3],
+        targets=[it.targets for it in items if it.targets is not None],
+        off_target=spec.off_target[: s.n_compose_texts],
+        neutral=spec.neutral[: s.n_compose_texts],
+    )
+    return run_compose(model, items, cspec)
 
 
 def findings(data: dict[str, Any]) -> list[str]:
