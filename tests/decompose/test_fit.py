@@ -13,15 +13,15 @@ from workbench.activations.collect import collect
 from workbench.activations.store import ActivationStore
 from workbench.corpora import load_corpus
 from workbench.decompose.fit import (
-    _replacing,
     evaluate_heldout,
     fit_from_store,
     heldout_docs,
     make_dictionary,
     spliced_loss,
 )
+from workbench.decompose.hygiene import Hygiene
 from workbench.errors import WorkbenchError
-from workbench.model.hooks import Site
+from workbench.model.hooks import Site, hooks_applied
 from workbench.model.load import Model
 
 LAYER = 1
@@ -89,11 +89,26 @@ def test_hooks_are_gone_after_measuring(
     assert torch.equal(before, after)
 
 
-def test_replacement_keeps_bos() -> None:
-    act = torch.arange(2 * 5 * 4, dtype=torch.float32).view(2, 5, 4)  # (batch, pos, d)
-    new = _replacing(1, torch.zeros_like)(act)
-    assert torch.equal(new[:, 0], act[:, 0])
-    assert float(new[:, 1:].abs().sum()) == 0.0
+def test_replacement_keeps_bos(tiny_model: Model, acts: torch.Tensor, texts: list[str]) -> None:
+    seen: list[torch.Tensor] = []
+
+    def keep(act: torch.Tensor) -> None:
+        seen.append(act.detach().clone())  # (batch, pos, d_model)
+
+    # The next block's input is the replaced output of block LAYER; listen on both backends.
+    after = [(Site("resid_pre", LAYER + 1), keep)]
+    mean = torch.full((tiny_model.d_model,), 0.5)
+    with (
+        hooks_applied(tiny_model, after, backend="tl"),
+        hooks_applied(tiny_model, after, backend="hf"),
+    ):
+        spliced_loss(_pca(tiny_model, acts, 4), tiny_model, texts[:2], mean=mean)
+    assert len(seen) == 4  # one batch for each run: clean, spliced, zero, mean
+    clean, _, zero, mean_run = seen
+    for run, fill in ((zero, 0.0), (mean_run, 0.5)):
+        assert torch.equal(run[:, 0], clean[:, 0])
+        assert torch.equal(run[:, 1:], torch.full_like(run[:, 1:], fill))
+    assert float(zero[:, 1:].abs().sum()) == 0.0
 
 
 def test_refuses_a_dictionary_of_another_model_or_width(
@@ -116,7 +131,9 @@ def test_fit_from_store_holds_documents_out(tiny_model: Model, store: Path) -> N
     s = ActivationStore.open(store)
     docs = heldout_docs(s, 0.1)
     assert len(docs) == 3 and docs == heldout_docs(s, 0.1)  # seeded
-    pca = fit_from_store(make_dictionary("pca", 8), s, LAYER, exclude_docs=docs)
+    # Raw rows (no outlier drop, no scaling), so the exact PCA below sees the same input.
+    raw = Hygiene.off()
+    pca = fit_from_store(make_dictionary("pca", 8), s, LAYER, exclude_docs=docs, hygiene=raw)
     meta = s.rows_meta().doc.numpy()
     train = ~np.isin(meta, docs)
     assert pca.fit_stats_["n_rows"] == int(train.sum()) and pca.fit_stats_["solver"] == "streaming"

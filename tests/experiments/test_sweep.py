@@ -12,14 +12,16 @@ import torch
 
 import workbench.experiments.sweep as sweep_mod
 from workbench.errors import WorkbenchError
-from workbench.experiments.diagnostics import _steered_keys, attention_to_steered, norm_ratios
+from workbench.experiments.diagnostics import attention_to_steered, norm_ratios
 from workbench.experiments.overshoot import OvershootThresholds, find_overshoot
 from workbench.experiments.sweep import SweepConfig, parse_coeffs, parse_layers, run_sweep
 from workbench.measure.effects import MeasureSpec, actadd_sampling, default_effect, target_set
 from workbench.measure.stats import Estimate
+from workbench.model.hooks import Site, recording
 from workbench.model.load import Model
 from workbench.report.write import write_run
-from workbench.steer.plan import PlanEntry
+from workbench.steer.apply import apply_plan
+from workbench.steer.plan import PlanEntry, SteeringPlan
 from workbench.vectors.build import from_prompts, mean_residual_norms
 from workbench.vectors.vector import SteeringVector
 
@@ -154,10 +156,22 @@ def test_interrupted_sweep_keeps_rows_and_resumes_identically(
 def test_diagnostics_known_answers(tiny_model: Model, wedding: SteeringVector) -> None:
     entry = PlanEntry(wedding, [0.0, 3.0], layers=[1])
     assert norm_ratios(entry, 1, 2.0) == pytest.approx([0.0, 3.0 * wedding.norm(1) / 2.0])
-    # Front window: rows 1.. of the vector (row 0, BOS, is zero) sit on positions 1..n-1.
+    # Front window: rows 1.. of the vector (row 0, BOS, is zero) sit on positions 1..n-1, so
+    # those are the positions the plan changes, and the keys the diagnostic sums over below.
     n = wedding.directions[1].shape[0]
-    keys = _steered_keys(entry, 1, torch.tensor([n + 3]))
-    assert keys[0].nonzero().flatten().tolist() == list(range(1, n))
+    ids, mask, _ = tiny_model.encode(PROMPTS[:1])  # (1, pos)
+    assert ids.shape[1] >= n + 3
+    site = Site(wedding.site, 1)
+    with torch.inference_mode(), recording(tiny_model, [site]) as clean:
+        tiny_model.tl(ids, attention_mask=mask)
+    with (
+        torch.inference_mode(),
+        apply_plan(tiny_model, SteeringPlan([entry.with_coeff(3.0)]), backend="tl"),
+        recording(tiny_model, [site]) as steered,  # registered after the plan: sees its change
+    ):
+        tiny_model.tl(ids, attention_mask=mask)
+    changed = (steered[site] - clean[site])[0].norm(dim=-1) > 0  # (pos,)
+    assert changed.nonzero().flatten().tolist() == list(range(1, n))
     # At coefficient 0 the mass equals that of a plain TransformerLens run.
     got = attention_to_steered(tiny_model, entry, 1, PROMPTS)
     ids, mask, _ = tiny_model.encode(PROMPTS)
