@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ _THREADS = torch.get_num_threads()
 
 
 @pytest.fixture(autouse=True)
-def _threads(request: pytest.FixtureRequest):
+def _threads(request: pytest.FixtureRequest) -> Iterator[None]:
     """Tiny models run faster on one thread (and don't fight other processes for the cores);
     tests of the real model get all threads."""
     torch.set_num_threads(_THREADS if "real_model" in request.keywords else 1)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from workbench.cli import main
 from workbench.model.load import Model
 
 
 def test_demo_quick_end_to_end(
-    tiny_model: Model, tiny_model_dir: Path, tmp_path: Path, capsys
+    tiny_model: Model, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "demo"
     argv = ["demo", "--quick", "--model", str(tiny_model_dir), "--out", str(out)]

@@ -8,6 +8,7 @@ import base64
 import html
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from workbench.measure.token_effects import token_logprob_changes
 from workbench.model.load import Model
 from workbench.steer.generate import side_by_side
 from workbench.steer.plan import SteeringPlan
+from workbench.steer.sampling import ACTADD_SAMPLING
 from workbench.vectors.build import from_prompts
 
 MAIN = Path(__file__).resolve().parents[2] / "app" / "main.py"
@@ -117,7 +119,8 @@ def test_steer_fills_both_columns_with_the_library_output(at: AppTest, tiny_mode
     # The same call the CLI makes gives the same texts.
     vec = from_prompts(tiny_model, "Love", "Hate", layers=0)
     plan = SteeringPlan.of(vec, 5.0, layers=[0])
-    want = side_by_side(tiny_model, "The weather today", plan, n=2, max_new_tokens=6, seed=0)
+    settings = replace(ACTADD_SAMPLING, max_new_tokens=6, seed=0)
+    want = side_by_side(tiny_model, "The weather today", plan, n=2, sampling=settings)
     for body, text in zip(plain + steered, want["unsteered"] + want["steered"], strict=True):
         assert body.endswith(f"{html.escape(text)}</div>")
     assert want["steered"] != want["unsteered"]

@@ -40,7 +40,11 @@ def _capture(model_dir: Path, corpus: Path, out: Path, *extra: str) -> list[str]
 
 
 def test_json_output(
-    tiny_model: Model, tiny_model_dir: Path, corpus: Path, tmp_path: Path, capsys
+    tiny_model: Model,
+    tiny_model_dir: Path,
+    corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "s"
     rc = main(
@@ -69,7 +73,11 @@ def test_json_output(
 
 
 def test_human_output_reports_truncation(
-    tiny_model: Model, tiny_model_dir: Path, corpus: Path, tmp_path: Path, capsys
+    tiny_model: Model,
+    tiny_model_dir: Path,
+    corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     lengths = [len(tiny_model.encode([t])[0][0]) for t in LINES]
     rc = main(
@@ -96,7 +104,7 @@ def test_human_output_reports_truncation(
 
 
 def test_resume_on_a_complete_store_is_a_noop(
-    tiny_model_dir: Path, corpus: Path, tmp_path: Path, capsys
+    tiny_model_dir: Path, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = _capture(tiny_model_dir, corpus, tmp_path / "s", "--layers", "1")
     assert main(args) == 0
@@ -114,7 +122,12 @@ def test_resume_on_a_complete_store_is_a_noop(
     ],
 )
 def test_bad_arguments(
-    tiny_model_dir: Path, corpus: Path, tmp_path: Path, capsys, extra: list[str], message: str
+    tiny_model_dir: Path,
+    corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
 ) -> None:
     out = tmp_path / "s"
     assert main([*_capture(tiny_model_dir, corpus, out), *extra]) == 2
@@ -125,7 +138,9 @@ def test_bad_arguments(
     assert not out.exists()
 
 
-def test_bad_corpora(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+def test_bad_corpora(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     empty = tmp_path / "empty.txt"
@@ -143,7 +158,7 @@ def test_bad_corpora(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_existing_store_needs_resume_or_overwrite(
-    tiny_model_dir: Path, corpus: Path, tmp_path: Path, capsys
+    tiny_model_dir: Path, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = _capture(tiny_model_dir, corpus, tmp_path / "s", "--layers", "1")
     assert main(args) == 0

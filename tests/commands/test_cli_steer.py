@@ -28,7 +28,9 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return code, out.out, out.err
 
 
-def test_json_has_prompt_plan_and_both_columns(vector_files, capsys) -> None:
+def test_json_has_prompt_plan_and_both_columns(
+    vector_files: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["--vector", str(vector_files[0]), "--coeff", "6", "--vector", str(vector_files[1])]
     args += ["--coeff", "-0.5", "--units", "raw", "--layer", "2", "--layer", "3"]
     args += ["--prompt", "I hate you because", "--n", "3", "--max-new-tokens", "6", "--json"]
@@ -47,7 +49,9 @@ def test_json_has_prompt_plan_and_both_columns(vector_files, capsys) -> None:
     assert again["unsteered"] == result["unsteered"] and again["steered"] == result["steered"]
 
 
-def test_human_output_separates_the_columns(vector_files, capsys) -> None:
+def test_human_output_separates_the_columns(
+    vector_files: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["--vector", str(vector_files[0]), "--coeff", "4", "--prompt", "I love"]
     code, out, _ = _run([*args, "--n", "2", "--max-new-tokens", "4"], capsys)
     assert code == 0
@@ -56,7 +60,9 @@ def test_human_output_separates_the_columns(vector_files, capsys) -> None:
     assert "--- sample 2 ---" in out
 
 
-def test_bad_inputs_give_one_line_errors(vector_files, tmp_path: Path, capsys) -> None:
+def test_bad_inputs_give_one_line_errors(
+    vector_files: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     corrupt = tmp_path / "bad.safetensors"
     corrupt.write_bytes(vector_files[0].read_bytes()[:-7])
     one = ["--vector", str(vector_files[0])]

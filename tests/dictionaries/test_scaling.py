@@ -37,7 +37,9 @@ def test_decoder_direction_recovers_planted_direction_under_standardize() -> Non
     # The scaled-space component is another direction: using it as a steering vector is wrong.
     assert _cos(pca.components_[0], u) < 0.9
     # Reading direction = decoder / std^2 up to scale (standardize is diagonal).
-    expected_read = pca.directions_[0] / pca.scaler_.scale_**2  # type: ignore[union-attr]
+    scaler = pca.scaler_
+    assert scaler is not None and scaler.scale_ is not None
+    expected_read = pca.directions_[0] / scaler.scale_**2
     assert _cos(pca.reading_directions_[0], expected_read) > 0.999
 
 

@@ -21,12 +21,15 @@ def _run(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -> t
     with torch.inference_mode():
         if backend == "tl":
             return model.tl(ids, attention_mask=mask)
+        assert model.hf is not None
         return model.hf(input_ids=ids, attention_mask=mask).logits
 
 
 @pytest.mark.parametrize("model_name", ["tiny_model", "tiny_gpt2"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_both_backends_see_and_steer_the_same(request, model_name: str, kind: str) -> None:
+def test_both_backends_see_and_steer_the_same(
+    request: pytest.FixtureRequest, model_name: str, kind: str
+) -> None:
     model: Model = request.getfixturevalue(model_name)
     ids, mask, _ = model.encode(["Hello world, I love you", "The fox"])
     site = Site(kind, 2)
@@ -50,7 +53,7 @@ def test_both_backends_see_and_steer_the_same(request, model_name: str, kind: st
 
 
 @pytest.mark.parametrize("backend", ["tl", "hf"])
-def test_hooks_removed_after_exception_and_user_hooks_kept(tiny_model: Model, backend: str):
+def test_hooks_removed_after_exception_and_user_hooks_kept(tiny_model: Model, backend: str) -> None:
     ids, mask, _ = tiny_model.encode(["Hello world"])
     clean = _run(tiny_model, backend, ids, mask)
     user_calls = []
@@ -71,7 +74,7 @@ def test_hooks_removed_after_exception_and_user_hooks_kept(tiny_model: Model, ba
 
 
 @pytest.mark.parametrize("backend", ["tl", "hf"])
-def test_failure_halfway_through_registration_rolls_back(tiny_model: Model, backend: str):
+def test_failure_halfway_through_registration_rolls_back(tiny_model: Model, backend: str) -> None:
     ids, mask, _ = tiny_model.encode(["Hello world"])
     clean = _run(tiny_model, backend, ids, mask)
     hooks = [(Site("resid_pre", 1), lambda x: x * 100), (Site("resid_pre", 99), lambda x: x)]

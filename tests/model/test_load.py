@@ -16,6 +16,7 @@ def test_local_tiny_folder_loads_and_both_paths_agree(tiny_gpt2: Model) -> None:
     assert truncated == [False, False]
     assert ids[:, 0].tolist() == [tiny_gpt2.bos_token_id] * 2
     assert mask[1].sum() < mask[0].sum()
+    assert tiny_gpt2.hf is not None
     with torch.inference_mode():
         tl = tiny_gpt2.tl(ids, attention_mask=mask)  # (batch, pos, vocab)
         hf = tiny_gpt2.hf(input_ids=ids, attention_mask=mask).logits
@@ -52,7 +53,9 @@ def test_list_models_names_default() -> None:
     assert default and default[0]["name"] == "smollm2-135m"
 
 
-def test_interrupted_conversion_is_not_trusted(tmp_path: Path, monkeypatch) -> None:
+def test_interrupted_conversion_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     fake = tmp_path / "m.gguf"
     fake.write_bytes(b"GGUF" + b"\0" * 100)
@@ -68,6 +71,7 @@ def test_default_model_matches_transformers(default_model: Model) -> None:
     assert gguf is not None and is_converted(converted_folder(gguf))
     assert (default_model.n_layers, default_model.d_model) == (30, 576)
     ids, mask, _ = default_model.encode(["The capital of France is", "I love dogs because"])
+    assert default_model.hf is not None
     with torch.inference_mode():
         tl = default_model.tl(ids, attention_mask=mask)
         hf = default_model.hf(input_ids=ids, attention_mask=mask).logits

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -13,7 +15,9 @@ from workbench.vectors.vector import SteeringVector
 PROMPTS = ["Hello world, I love you and the fox", "The fox", "I hate you"]
 
 
-def _vec(model: Model, layer: int, shape: tuple[int, ...], seed: int = 0, **kw) -> SteeringVector:
+def _vec(
+    model: Model, layer: int, shape: tuple[int, ...], seed: int = 0, **kw: Any
+) -> SteeringVector:
     t = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
     return SteeringVector({layer: t}, model=model.name, d_model=model.d_model, **kw)
 
@@ -126,7 +130,9 @@ def test_two_vector_plan_equals_hand_written_hooks(tiny_model: Model, backend: s
     assert torch.equal(ours, expected)
 
 
-def _site_delta(model: Model, plan: SteeringPlan, ids, mask, **layout) -> torch.Tensor:
+def _site_delta(
+    model: Model, plan: SteeringPlan, ids: torch.Tensor, mask: torch.Tensor, **layout: Any
+) -> torch.Tensor:
     site = Site("resid_pre", 2)
     with recording(model, [site], backend="tl") as rec:
         _logits(model, "tl", ids, mask)

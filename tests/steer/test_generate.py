@@ -11,6 +11,7 @@ from workbench.model.hooks import Site, recording
 from workbench.model.load import Model
 from workbench.steer.apply import apply_plan
 from workbench.steer.generate import (
+    Generation,
     generate,
     generate_rows,
     generate_with_coefficients,
@@ -35,7 +36,7 @@ def _plans(model: Model) -> dict[str, SteeringPlan]:
     }
 
 
-def _new(gen) -> list[list[int]]:
+def _new(gen: Generation) -> list[list[int]]:
     return gen.tokens[:, gen.prompt_width :].tolist()
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from workbench.steer.plan import PlanEntry, SteeringPlan
 from workbench.vectors.vector import SteeringVector
 
 
-def _vec(model: Model, layers: dict[int, tuple[int, ...]], **kw) -> SteeringVector:
+def _vec(model: Model, layers: dict[int, tuple[int, ...]], **kw: Any) -> SteeringVector:
     g = torch.Generator().manual_seed(0)
     dirs = {layer: torch.randn(*shape, generator=g) for layer, shape in layers.items()}
     return SteeringVector(dirs, model=model.name, d_model=model.d_model, **kw)

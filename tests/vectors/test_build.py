@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -126,7 +128,9 @@ def test_mean_difference_recovers_planted_direction(
     u = rng.standard_normal(d)
     u /= np.linalg.norm(u)
 
-    def fake_collect(model, texts, sites, positions, **kw):  # type: ignore[no-untyped-def]
+    def fake_collect(
+        model: Model, texts: list[str], sites: Sequence[Site], positions: str, **kw: Any
+    ) -> TextActivations:
         n = len(texts)
         shift = 3.0 if texts[0].startswith("pos") else 0.0
         rows = {s: torch.from_numpy(rng.standard_normal((n, d)) + shift * u).float() for s in sites}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from workbench.errors import WorkbenchError
 from workbench.vectors.vector import SteeringVector
 
 
-def _vec(layers: dict[int, torch.Tensor], **kw) -> SteeringVector:
+def _vec(layers: dict[int, torch.Tensor], **kw: Any) -> SteeringVector:
     return SteeringVector(directions=layers, model="m", d_model=4, **kw)
 
 
