@@ -14,6 +14,7 @@ from workbench.activations.capture import capture
 from workbench.activations.store import ActivationStore
 from workbench.corpora import load_corpus
 from workbench.decompose.fit import fit_from_store, make_dictionary
+from workbench.decompose.hygiene import Hygiene
 from workbench.decompose.inspect import (
     activation_histogram,
     atom_cosines,
@@ -119,9 +120,15 @@ def test_logit_lens_of_an_unembedding_column_promotes_that_token(
     assert lens.to_json()["mode"] == "direction"
 
 
-def test_cosines(pca: dictionaries.PCA) -> None:
-    np.testing.assert_allclose(atom_cosines(pca), np.eye(6), atol=1e-5)
-    comp = torch.from_numpy(pca.components_[2].copy())
+def test_cosines(pca: dictionaries.PCA, store: ActivationStore) -> None:
+    # An unscaled PCA's atoms are orthonormal in the model's space...
+    raw = fit_from_store(make_dictionary("pca", 6), store, LAYER, hygiene=Hygiene.off())
+    np.testing.assert_allclose(atom_cosines(raw), np.eye(6), atol=1e-5)
+    # ...a standardized one's are orthonormal in the scaled space only: the cosines are of the
+    # model-space decoder directions, which the scaling tilts.
+    np.testing.assert_allclose(np.diag(atom_cosines(pca)), 1.0, atol=1e-5)
+    assert np.abs(atom_cosines(pca) - np.eye(6)).max() > 1e-3
+    comp = torch.from_numpy(pca.directions_[2].copy())
     vec = SteeringVector({LAYER: -3.0 * comp}, model="m", d_model=64)
     similar, named = cosine_report(pca, 2, {"same": 2.0 * comp.numpy(), "vector": vec}, top=3)
     assert named["same"] == pytest.approx(1.0, abs=1e-5)

@@ -15,19 +15,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import dictionaries
 from dictionaries.scaling import SCALES
+from workbench.activations.capture import capture
+from workbench.activations.store import ActivationStore
 from workbench.commands.decompose import check_out
-from workbench.decompose.concepts import Concepts, load_concepts
-from workbench.decompose.discover import RANKINGS
+from workbench.corpora import load_corpus
+from workbench.decompose.concepts import Concepts, concept_report, load_concepts
+from workbench.decompose.discover import RANKINGS, discover
+from workbench.decompose.fit import fit_from_store, make_dictionary
 from workbench.decompose.hygiene import DEFAULT_MAX_NORM_RATIO, DEFAULT_SCALE, Hygiene
+from workbench.decompose.trials import TrialSettings
 from workbench.errors import check
+from workbench.io import atomic_path
 from workbench.model.hooks import SITE_KINDS
 from workbench.model.load import DEFAULT_MODEL, Model
 from workbench.parse import parse_params
 
 if TYPE_CHECKING:
     from workbench.decompose.discover import Discovery
-    from workbench.decompose.trials import TrialSettings
 
 NAME = "discover"
 HELP = "find candidate steering vectors: decompose a layer's activations and rank the components"
@@ -68,7 +74,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--positions", default="all", choices=("all", "last", "mean"))
     parser.add_argument("--max-tokens", type=int, default=64, help="cut captured documents")
-    hyg = parser.add_argument_group("input hygiene (before the fit)")
+    _add_hygiene_arguments(parser.add_argument_group("input hygiene (before the fit)"))
+    _add_trial_arguments(parser.add_argument_group("calibration and ranking"))
+    parser.add_argument(
+        "--contrast",
+        default=None,
+        help="a second corpus: find what separates --corpus from it (both captured into one "
+        "store; candidates ranked by how well they separate the two, x effect)",
+    )
+    parser.add_argument(
+        "--concepts",
+        default=None,
+        help="JSONL with text and label: report each candidate's AUROC and cosine against them",
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def _add_hygiene_arguments(hyg: argparse._ArgumentGroup) -> None:
     hyg.add_argument(
         "--max-norm-ratio",
         type=float,
@@ -86,13 +109,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"fit in this space (default {DEFAULT_SCALE}); vectors are mapped back to the "
         "model's space as decoder directions",
     )
-    trial = parser.add_argument_group("calibration and ranking")
+
+
+def _add_trial_arguments(trial: argparse._ArgumentGroup) -> None:
+    d = TrialSettings()
     trial.add_argument(
         "--damage-budget",
         type=float,
-        default=1.25,
+        default=d.damage_budget,
         help="held-out perplexity ratio each candidate's suggested coefficient may reach "
-        "(default 1.25)",
+        f"(default {d.damage_budget:g})",
     )
     trial.add_argument(
         "--rank-by",
@@ -101,26 +127,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="combined (default: between-document share x effect over random controls; with "
         "--contrast: contrast = separation of the two corpora x effect), or one signal alone",
     )
+    trial.add_argument("--n-random", type=int, default=d.n_random, help="random control directions")
     trial.add_argument(
-        "--n-random", type=int, default=4, help="random control directions (default 4)"
+        "--n-prompts", type=int, default=d.n_prompts, help="neutral prompts for the effect"
     )
-    trial.add_argument("--n-prompts", type=int, default=8, help="neutral prompts for the effect")
-    trial.add_argument("--n-damage", type=int, default=6, help="held-out texts for the damage")
-    trial.add_argument("--max-new-tokens", type=int, default=16, help="sampled completion length")
-    trial.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
-    parser.add_argument(
-        "--contrast",
-        default=None,
-        help="a second corpus: find what separates --corpus from it (both captured into one "
-        "store; candidates ranked by how well they separate the two, x effect)",
+    trial.add_argument(
+        "--n-damage", type=int, default=d.n_damage, help="held-out texts for the damage"
     )
-    parser.add_argument(
-        "--concepts",
-        default=None,
-        help="JSONL with text and label: report each candidate's AUROC and cosine against them",
+    trial.add_argument(
+        "--max-new-tokens", type=int, default=d.max_new_tokens, help="sampled completion length"
     )
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    trial.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per forward pass")
 
 
 def run_discovery(
@@ -145,35 +162,15 @@ def run_discovery(
     overwrite: bool = False,
 ) -> Discovery:
     """The whole ``discover`` pipeline on a loaded model; writes folder ``out`` atomically."""
-    import dictionaries
-    from workbench.activations.capture import capture
-    from workbench.activations.store import ActivationStore
-    from workbench.corpora import load_corpus
-    from workbench.decompose.concepts import concept_report
-    from workbench.decompose.discover import discover
-    from workbench.decompose.fit import fit_from_store, make_dictionary
-    from workbench.io import atomic_path
 
     final = Path(out)
     check_out(final, overwrite, acts)
     check((corpus is None) != (acts is None), "give exactly one of --corpus and --acts")
     labelled = load_concepts(concepts) if isinstance(concepts, str) else concepts
-    if dictionary is not None:
-        fitted = dictionaries.load(dictionary)
-    else:
-        fitted = make_dictionary(method, k, params)
-        width = model.n_heads * model.d_head if site == "z" else model.d_model
-        fitted._validate_params(width)  # refuse a bad k before the (slow) capture
+    fitted = _dictionary(model, dictionary, method, k, params, site)
     model.check_layer(layer)
     _check_contrast(rank_by, contrast, corpus)
-    target_docs = None
-    if corpus is not None:
-        docs = load_corpus(corpus)
-        if contrast is not None:
-            other = load_corpus(contrast)
-            target_docs = np.array([True] * len(docs) + [False] * len(other))
-            docs = docs + other
-        _check_docs(len(docs), k, dictionary is None)
+    docs, target_docs = _documents(corpus, contrast, k, dictionary is None)
     with atomic_path(final) as tmp:
         tmp.mkdir(parents=True)
         if acts is None:
@@ -187,10 +184,8 @@ def run_discovery(
                 out=tmp / "acts",
                 progress_bar=False,
             )
-            store = ActivationStore.open(tmp / "acts")
-        else:
-            store = ActivationStore.open(acts)
-            _check_docs(len(store.docs()), k, dictionary is None)
+        store = ActivationStore.open(tmp / "acts" if acts is None else acts)
+        _check_docs(len(store.docs()), k, dictionary is None)
         if dictionary is None:
             fit_from_store(fitted, store, layer, hygiene=hygiene)
         fitted.save(tmp / "dictionary")
@@ -214,6 +209,39 @@ def run_discovery(
             result.extra["concepts"] = concept_report(model, fitted, result, labelled)
         result.save(tmp, record_as=final)
     return result
+
+
+def _dictionary(
+    model: Model,
+    folder: str | Path | None,
+    method: str,
+    k: int,
+    params: dict[str, Any] | None,
+    site: str,
+) -> dictionaries.Dictionary:
+    """The saved dictionary at ``folder``, or a new one whose ``k`` is checked against the site's
+    width before the (slow) capture."""
+    if folder is not None:
+        return dictionaries.load(folder)
+    fresh = make_dictionary(method, k, params)
+    fresh._validate_params(model.n_heads * model.d_head if site == "z" else model.d_model)
+    return fresh
+
+
+def _documents(
+    corpus: str | None, contrast: str | None, k: int, fitting: bool
+) -> tuple[list[str], np.ndarray | None]:
+    """The documents to capture (the corpus, then the contrast corpus) and which are targets."""
+    if corpus is None:
+        return [], None
+    docs = load_corpus(corpus)
+    target_docs = None
+    if contrast is not None:
+        other = load_corpus(contrast)
+        target_docs = np.array([True] * len(docs) + [False] * len(other))
+        docs = docs + other
+    _check_docs(len(docs), k, fitting)
+    return docs, target_docs
 
 
 def _check_contrast(rank_by: str | None, contrast: str | None, corpus: str | None) -> None:

@@ -288,6 +288,74 @@ def _measure(
     )
 
 
+def _checked_layer(
+    model: Model, dictionary: Dictionary, store: ActivationStore, layer: int | None
+) -> int:
+    """The layer to work at; the store, the dictionary and the model must agree on it."""
+    layer = dictionary.info_.layer if layer is None else layer
+    check(layer is not None, "the dictionary does not record its layer: pass layer=")
+    assert layer is not None
+    check_store(dictionary, store, layer)
+    check(
+        str(store.manifest.get("model")) == model.name,
+        f"the store holds activations of {store.manifest.get('model')} but the model is "
+        f"{model.name}: use a store captured from {model.name}",
+    )
+    return layer
+
+
+def _candidate(
+    c: int,
+    index: int,
+    sign: int,
+    vector: SteeringVector,
+    model: Model,
+    site: Site,
+    m: _Measured,
+    stats: ComponentStats,
+    s: TrialSettings,
+    rank_by: str,
+    contrast: float | None,
+) -> Candidate:
+    """Candidate ``c`` (component ``index``, ``sign``) from the measured and store-side numbers."""
+    median_ctrl = m.controls["median_effect"]
+    effect = float(m.effect[c])
+    vs_random = effect / median_ctrl if median_ctrl else None
+    coeff = _num(m.calibration.coeff[c])
+    words = contrastive_words(m.completions[c], m.unsteered, s.n_words)
+    unit = vector.directions[site.layer].flatten()
+    lens = (
+        [t.token for t in logit_lens(model, unit, 5, rank="cosine").promoted]
+        if site.kind != "z"
+        else []
+    )
+    docs, opposite = stats.docs_for(sign)
+    name = f"{'+' if sign > 0 else '-'}c{index:03d}"
+    return Candidate(
+        index=index,
+        sign=sign,
+        label=candidate_label(name, words, docs[0].text if docs else None, m.top_tokens[c]),
+        suggested_coeff=coeff,
+        ppl_ratio=_num(m.calibration.ppl_ratio[c]),
+        capped=bool(m.calibration.capped[c]),
+        effect=effect,
+        effect_vs_random=vs_random,
+        inert=coeff is None or (vs_random is not None and vs_random <= 1.0),
+        score=_score(rank_by, stats, effect, vs_random, contrast),
+        contrast_auroc=contrast,
+        contrastive_words=words,
+        completions=m.completions[c],
+        top_tokens=m.top_tokens[c],
+        lens_tokens=lens,
+        variance_share=stats.variance_share,
+        between_doc_share=stats.between_doc_share,
+        active_fraction=stats.active_fraction["pos" if sign > 0 else "neg"],
+        docs=docs,
+        opposite_docs=opposite,
+        vector=vector,
+    )
+
+
 def _contrast_aurocs(
     store: ActivationStore, codes: np.ndarray, target_docs: np.ndarray
 ) -> np.ndarray:
@@ -328,15 +396,7 @@ def discover(
         rank_by != "contrast" or target_docs is not None,
         "--rank-by contrast needs a contrast corpus: give --contrast CORPUS",
     )
-    layer = dictionary.info_.layer if layer is None else layer
-    check(layer is not None, "the dictionary does not record its layer: pass layer=")
-    assert layer is not None
-    check_store(dictionary, store, layer)
-    check(
-        str(store.manifest.get("model")) == model.name,
-        f"the store holds activations of {store.manifest.get('model')} but the model is "
-        f"{model.name}: use a store captured from {model.name}",
-    )
+    layer = _checked_layer(model, dictionary, store, layer)
     site = Site(store.site, layer).check(model)
     k = dictionary.n_components_
     codes = component_codes(dictionary, store, layer, range(k))  # (n_rows, k)
@@ -347,54 +407,22 @@ def discover(
     units = torch.stack([v.directions[layer] for v in vectors])  # (C, *feat)
     norm = vectors[0].layer_norms[layer]
     m = _measure(model, site, units, norm, s)
-    median_ctrl = m.controls["median_effect"]
-    candidates = []
-    for c, (i, sg) in enumerate(signs):
-        effect = float(m.effect[c])
-        vs_random = effect / median_ctrl if median_ctrl else None
-        coeff = _num(m.calibration.coeff[c])
-        inert = coeff is None or (vs_random is not None and vs_random <= 1.0)
-        words = contrastive_words(m.completions[c], m.unsteered, s.n_words)
-        lens = (
-            [t.token for t in logit_lens(model, units[c].flatten(), 5, rank="cosine").promoted]
-            if site.kind != "z"
-            else []
+    candidates = [
+        _candidate(
+            c,
+            i,
+            sg,
+            vectors[c],
+            model,
+            site,
+            m,
+            stats[i],
+            s,
+            rank_by,
+            None if contrast is None else float(contrast[i] if sg > 0 else 1 - contrast[i]),
         )
-        docs, opposite = stats[i].docs_for(sg)
-        name = f"{'+' if sg > 0 else '-'}c{i:03d}"
-        candidates.append(
-            Candidate(
-                index=i,
-                sign=sg,
-                label=candidate_label(name, words, docs[0].text if docs else None, m.top_tokens[c]),
-                suggested_coeff=coeff,
-                ppl_ratio=_num(m.calibration.ppl_ratio[c]),
-                capped=bool(m.calibration.capped[c]),
-                effect=effect,
-                effect_vs_random=vs_random,
-                inert=inert,
-                score=_score(
-                    rank_by,
-                    stats[i],
-                    effect,
-                    vs_random,
-                    None if contrast is None else float(contrast[i] if sg > 0 else 1 - contrast[i]),
-                ),
-                contrast_auroc=None
-                if contrast is None
-                else float(contrast[i] if sg > 0 else 1 - contrast[i]),
-                contrastive_words=words,
-                completions=m.completions[c],
-                top_tokens=m.top_tokens[c],
-                lens_tokens=lens,
-                variance_share=stats[i].variance_share,
-                between_doc_share=stats[i].between_doc_share,
-                active_fraction=stats[i].active_fraction["pos" if sg > 0 else "neg"],
-                docs=docs,
-                opposite_docs=opposite,
-                vector=vectors[c],
-            )
-        )
+        for c, (i, sg) in enumerate(signs)
+    ]
     candidates.sort(key=lambda cd: (cd.inert, -cd.score, cd.index, -cd.sign))
     return Discovery(
         model=model.name,

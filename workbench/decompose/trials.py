@@ -170,7 +170,8 @@ class Trials:
         small coefficients), so each pass predicts, per candidate, the coefficient that lands on
         the budget from its last measurements (secant in log-log space, ``p = 2`` after the
         first) and measures there. The suggestion is the largest measured coefficient within the
-        budget. ``steps`` passes in all, each one batched forward over every candidate.
+        budget. ``steps`` passes over every candidate (each one batched forward), then at most
+        ``steps`` more over the candidates still without a coefficient within the budget.
         """
         s = self.s
         ids, mask = encode_inputs(self.model, texts, max_tokens=s.damage_max_tokens)
@@ -182,14 +183,22 @@ class Trials:
         over = np.full(n, np.inf)  # smallest coefficient measured over budget
         coeff = np.full(n, s.coeff_start)
         prev: list[tuple[float, float] | None] = [None] * n  # (coeff, log ratio) of last pass
-        for _ in range(s.steps):
-            c = torch.from_numpy(coeff * norm).float()  # (C,)
-            deltas = units * c.view(-1, *([1] * (units.dim() - 1)))  # (C, *feat)
-            log_r = (self.losses(deltas, ids, mask).mean(1) - base).numpy()  # (C,)
-            for j in range(n):
-                lr = max(float(log_r[j]), 1e-6)
+        passes = 0
+        # ``steps`` passes over every candidate, then up to ``steps`` more over those with no
+        # measured coefficient within the budget yet (their guess lands lower each time).
+        for step in range(2 * s.steps):
+            todo = np.arange(n) if step < s.steps else np.flatnonzero(best == 0)
+            todo = todo[(best[todo] > 0) | (coeff[todo] > s.coeff_min) | (step < s.steps)]
+            if not len(todo):
+                break
+            c = torch.from_numpy(coeff[todo] * norm).float()  # (t,)
+            deltas = units[todo] * c.view(-1, *([1] * (units.dim() - 1)))  # (t, *feat)
+            log_r = (self.losses(deltas, ids, mask).mean(1) - base).numpy()  # (t,)
+            passes += 1
+            for j, lr_raw in zip(todo.tolist(), log_r.tolist(), strict=True):
+                lr = max(lr_raw, 1e-6)
                 if lr <= target and coeff[j] > best[j]:
-                    best[j], best_ratio[j] = coeff[j], math.exp(log_r[j])
+                    best[j], best_ratio[j] = coeff[j], math.exp(lr_raw)
                 if lr > target:
                     over[j] = min(over[j], coeff[j])
                 p = 2.0
@@ -198,7 +207,8 @@ class Trials:
                     p = math.log(lr / last[1]) / math.log(coeff[j] / last[0])
                     p = min(max(p, 0.5), 4.0)
                 prev[j] = (float(coeff[j]), lr)
-                guess = coeff[j] * (target / lr) ** (1 / p) * 0.97  # aim just under the budget
+                aim = 0.97 if step < s.steps else 0.8  # aim under the budget, lower when retrying
+                guess = coeff[j] * (aim * target / lr) ** (1 / p)
                 lo_bound = best[j] if best[j] > 0 else s.coeff_min
                 hi_bound = over[j] if np.isfinite(over[j]) else s.coeff_max
                 coeff[j] = min(max(guess, lo_bound, s.coeff_min), hi_bound, s.coeff_max)
@@ -206,7 +216,7 @@ class Trials:
             coeff=np.where(best > 0, best, np.nan),
             ppl_ratio=np.where(best > 0, best_ratio, np.nan),
             capped=~np.isfinite(over) & (best >= s.coeff_max),
-            passes=s.steps,
+            passes=passes,
         )
 
     # -- effects --------------------------------------------------------------------------------
