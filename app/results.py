@@ -221,16 +221,18 @@ def discovery(
     store_path: str,
     stamp: float,
     layer: int,
-    scale: float,
+    damage_budget: float,
+    rank_by: str,
 ) -> Discovery:
+    """``workbench discover``'s calibration and ranking, on the page's fitted dictionary."""
     del stamp
-    # Discovery now calibrates each candidate's coefficient; ``scale`` is where the search starts.
     return discover(
         get_model(model_name),
         dictionary,
         ActivationStore.open(store_path),
         layer=layer,
-        settings=TrialSettings(coeff_start=scale),
+        settings=TrialSettings(damage_budget=damage_budget),
+        rank_by=rank_by,
     )
 
 

@@ -11,6 +11,7 @@ import dictionaries
 from app import results, state
 from app.widgets import attempt, marked_context_html, token_chips
 from workbench.activations.store import ActivationStore
+from workbench.decompose.discover import RANKINGS
 from workbench.decompose.inspect import LENS_RANKS, ComponentReport
 
 FITTED = "decompose_fitted"  # session: {"store", "layer", "method", "k"}
@@ -268,43 +269,75 @@ if shown:
 
 st.subheader("Ranked candidate vectors")
 st.caption(
-    "Both signs of every component, probed on neutral prompts at a coefficient in units of the "
-    "layer's mean residual norm, ranked by effect (next-token KL) per unit of damage."
+    "Both signs of every component, each calibrated to the largest coefficient (in units of the "
+    "layer's mean residual norm) that keeps held-out perplexity within the damage budget, then "
+    "described by what it does there. Ranked by between-document share x effect over random "
+    "directions of the same damage; inert candidates (no stronger than random) last."
 )
-scale = st.number_input("Probe coefficient (norm units)", 0.05, 8.0, 1.0, 0.05, key="dec_scale")
+c1, c2 = st.columns(2)
+budget = c1.number_input(
+    "Damage budget (held-out perplexity ratio)",
+    1.05,
+    4.0,
+    1.25,
+    0.05,
+    key="dec_budget",
+    help="each candidate's suggested coefficient keeps perplexity on held-out text at most this "
+    "many times the unsteered one",
+)
+rank_by = c2.selectbox(
+    "Rank by",
+    [r for r in RANKINGS if r != "contrast"],
+    key="dec_rank_by",
+    help="combined: between-document share x effect over random controls; or one signal alone",
+)
 if st.button("Rank candidates", key="dec_rank"):
-    with st.spinner("Probing every candidate…"):
+    with st.spinner("Calibrating every candidate…"):
         found = attempt(
-            results.discovery, model.name, dictionary, store_path, stamp, layer, float(scale)
+            results.discovery,
+            model.name,
+            dictionary,
+            store_path,
+            stamp,
+            layer,
+            float(budget),
+            str(rank_by),
         )
     if found is not None:
         st.session_state[CANDIDATES] = found
 found = st.session_state.get(CANDIDATES)
 if found is not None:
-    rows = found.to_json()["candidates"]
+    st.caption(f"Site: {found.to_json()['layer_convention']}")
     st.dataframe(
         [
             {
-                k: c[k]
-                for k in (
-                    "label",
-                    "score",
-                    "effect",
-                    "damage",
-                    "ppl_ratio",
-                    "top_tokens",
-                    "completion",
-                )
+                "name": c.name,
+                "label": c.label,
+                "suggested coeff (norm)": c.suggested_coeff,
+                "ppl ratio": c.ppl_ratio,
+                "effect (KL, nats)": c.effect,
+                "x random": c.effect_vs_random,
+                "between-doc share": c.between_doc_share,
+                "inert": c.inert,
+                "contrastive words": ", ".join(c.contrastive_words),
+                "completion": c.completions[0] if c.completions else "",
             }
-            for c in rows
+            for c in found.candidates
         ],
         hide_index=True,
         key="dec_table",
     )
-    names = [c.label for c in found.candidates]
+    names = [f"{c.label}{' (inert)' if c.inert else ''}" for c in found.candidates]
     pick = st.selectbox(
         "Candidate", range(len(names)), format_func=lambda i: names[i], key="dec_pick"
     )
-    if st.button("Send to steering", type="primary", key="dec_send"):
-        cand = found.candidates[pick]
-        _send(f"{method_name}{cand.name}@{layer}", cand.vector, found.settings.scale)
+    cand = found.candidates[pick]
+    if cand.suggested_coeff is None:
+        st.warning("No coefficient kept this candidate within the damage budget.")
+    if st.button(
+        "Send to steering",
+        type="primary",
+        key="dec_send",
+        disabled=cand.suggested_coeff is None,
+    ):
+        _send(f"{method_name}{cand.name}@{layer}", cand.vector, cand.suggested_coeff)

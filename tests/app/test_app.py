@@ -293,12 +293,16 @@ def test_capture_decompose_and_send_a_candidate_to_steering(at: AppTest, tmp_pat
     _ok(at)
     found = at.session_state["decompose_candidates"]
     assert len(found.candidates) == 6  # both signs of 3 components
-    scores = [c.score for c in found.candidates]
-    assert scores == sorted(scores, reverse=True)
+    keys = [(c.inert, -c.score) for c in found.candidates]
+    assert keys == sorted(keys)
+    top = found.candidates[0]
+    assert top.suggested_coeff is not None
     at.button(key="dec_send").click().run()
     sent = at.session_state["send_to_steer"]
     assert sent in at.session_state["vector_library"]
     assert at.session_state["steer_units"] == "norm"
+    # The candidate goes to the steer page at its calibrated coefficient.
+    assert at.session_state["steer_coeff_norm"] == top.suggested_coeff
 
     at.switch_page(PAGES["steer"]).run()
     _ok(at)

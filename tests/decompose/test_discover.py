@@ -134,6 +134,7 @@ def test_batched_trials_equal_one_plan_per_candidate(
     checked = [c for c in result.candidates if c.suggested_coeff is not None][:2]
     assert checked
     for c in checked:
+        assert c.suggested_coeff is not None
         plan = SteeringPlan.of(c.vector, c.suggested_coeff, units="norm")
         steered = steered_logits(tiny_model, prompts, plan)
         last = clean.mask.sum(1) - 1
@@ -219,8 +220,10 @@ def test_register_is_discovered_and_steers_on_the_real_model(
     axis = labelled[is_formal].mean(0) - labelled[~is_formal].mean(0)  # (d_model,)
     prompts = load_corpus("builtin:neutral_prompts", limit=8)
 
+    coeff = to_formal.suggested_coeff
+
     def formal_score(vector: SteeringVector) -> float:
-        plan = SteeringPlan.of(vector, to_formal.suggested_coeff, units="norm")
+        plan = SteeringPlan.of(vector, coeff, units="norm")
         texts = [
             p + t
             for p in prompts
