@@ -81,7 +81,7 @@ limit = c1.number_input("Documents (0 = all)", min_value=0, value=64, step=16, k
 max_tokens = c2.number_input(
     "Tokens per document", min_value=2, value=64, step=16, key="data_tokens"
 )
-site = c3.selectbox("Site", SITE_KINDS, index=SITE_KINDS.index("resid_post"), key="data_site")
+site = c3.selectbox("Site", SITE_KINDS, index=SITE_KINDS.index("resid_pre"), key="data_site")
 positions = c4.selectbox("Positions", ROW_POSITIONS, index=0, key="data_positions")
 layers = st.multiselect(
     "Layers", list(range(model.n_layers)), default=[model.n_layers // 2], key="data_layers"

@@ -121,7 +121,15 @@ def test_float16_store_matches_float32(tiny_model: Model, tmp_path: Path) -> Non
 
 def test_mean_norm_is_the_residual_norm_over_all_tokens(tiny_model: Model, tmp_path: Path) -> None:
     full = ActivationStore.open(
-        capture(tiny_model, DOCS, [1], dtype="float32", out=tmp_path / "a", progress_bar=False).path
+        capture(
+            tiny_model,
+            DOCS,
+            [1],
+            site="resid_post",
+            dtype="float32",
+            out=tmp_path / "a",
+            progress_bar=False,
+        ).path
     )
     expected = full.load(1).norm(dim=-1).mean().item()
     assert full.mean_norm(1) == pytest.approx(expected, rel=1e-6)
@@ -131,6 +139,7 @@ def test_mean_norm_is_the_residual_norm_over_all_tokens(tiny_model: Model, tmp_p
             tiny_model,
             DOCS,
             [1],
+            site="resid_post",
             positions="last",
             dtype="float32",
             out=tmp_path / "b",
@@ -261,7 +270,14 @@ def test_bad_input_fails_before_writing(
 
 def test_long_documents_are_truncated_and_recorded(tiny_model: Model, tmp_path: Path) -> None:
     res = capture(
-        tiny_model, DOCS, [1], max_tokens=5, dtype="float32", out=tmp_path / "s", progress_bar=False
+        tiny_model,
+        DOCS,
+        [1],
+        site="resid_post",
+        max_tokens=5,
+        dtype="float32",
+        out=tmp_path / "s",
+        progress_bar=False,
     )
     store = ActivationStore.open(res.path)
     lengths = [len(tiny_model.encode([d])[0][0]) for d in DOCS]

@@ -37,7 +37,7 @@ def store(store_dir: Path) -> ActivationStore:
 
 def test_description(store: ActivationStore, tiny_model: Model) -> None:
     assert store.layers == [1, 2] and store.d_model == 64 and store.row_shape == (64,)
-    assert store.site == "resid_post" and store.positions == "all"
+    assert store.site == "resid_pre" and store.positions == "all"  # the default site
     assert store.manifest["model_info"] == tiny_model.describe()
     assert store.manifest["n_docs"] == len(DOCS) and store.manifest["complete"] is True
     assert store.n_rows == sum(s["rows"] for s in store.manifest["shards"])

@@ -64,7 +64,7 @@ def test_json_output(
     ]
     store = ActivationStore.open(out)
     assert data["path"] == str(out) and data["model"] == str(tiny_model_dir)
-    assert data["layers"] == [1, 3] and data["site"] == "resid_post" and data["positions"] == "all"
+    assert data["layers"] == [1, 3] and data["site"] == "resid_pre" and data["positions"] == "all"
     assert (
         data["tokens"] == store.n_rows == sum(len(tiny_model.encode([t])[0][0]) - 1 for t in LINES)
     )

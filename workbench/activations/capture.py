@@ -126,7 +126,7 @@ def capture(
     corpus: str | os.PathLike[str] | Sequence[str],
     layers: int | Sequence[int],
     *,
-    site: str = "resid_post",
+    site: str = "resid_pre",
     positions: str = "all",
     max_tokens: int | None = None,
     batch_size: int = 16,

@@ -25,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--layers", required=True, help="comma-separated layers, e.g. 4,8,12")
     parser.add_argument(
-        "--site", default="resid_post", choices=SITE_KINDS, help="where (z: per-head outputs)"
+        "--site",
+        default="resid_pre",
+        choices=SITE_KINDS,
+        help="where (default resid_pre: layer L is the input of block L, transformers' "
+        "hidden_states[L], as for the vector builders and discover; z: per-head outputs)",
     )
     parser.add_argument(
         "--positions",
