@@ -15,24 +15,50 @@ sampling. Also 8 coefficients batched in one call against 8 separate calls. Timi
 ``--repeats`` runs, interleaved so that load from other processes hits every method alike, by
 wall clock and by this process's CPU time (steadier on a shared machine, with ``--threads 1``).
 
-    python benchmarks/bench_steer.py [--model smollm2-135m] [--tokens 64] [--repeats 3]
+Checked on the way: greedy, our unsteered tokens are transformers' own, at both batch sizes, and
+the 8 coefficients batched give the texts of the 8 separate calls.
+
+    python benchmarks/bench_steer.py [--model smollm2-135m] [--tokens 64] [--repeats 3] [--smoke]
+
+``--smoke`` runs the same code on a tiny random model with 4 new tokens (seconds, no targets:
+toy sizes say nothing about speed). Wrong results exit non-zero either way.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from workbench.model.load import DEFAULT_MODEL, Model, load_model
 from workbench.steer.generate import generate, generate_with_coefficients
 from workbench.steer.plan import PlanEntry, SteeringPlan
+from workbench.steer.sampling import Sampling
+from workbench.testing import make_tiny_model
 from workbench.vectors.vector import SteeringVector
 
 PROMPT = "I hate you because"
+SMOKE_TOKENS = 4
+SMOKE_LAYER = 1
+
+Run = Callable[[], list[list[int]]]  # one generation; returns the new tokens of each row
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise SystemExit(f"bench_steer: wrong result: {what}")
+
+
+def _settings(tokens: int, sample: bool = False) -> Sampling:
+    """Greedy, or temperature 1 and top-p 0.3; EOS ignored so every run makes ``tokens``."""
+    if sample:
+        return Sampling(max_new_tokens=tokens, temperature=1.0, top_p=0.3, stop_at_eos=False)
+    return Sampling(max_new_tokens=tokens, temperature=0.0, stop_at_eos=False)
 
 
 def _plans(model: Model, layer: int) -> dict[str, SteeringPlan]:
@@ -47,7 +73,7 @@ def _plans(model: Model, layer: int) -> dict[str, SteeringPlan]:
     }
 
 
-def _hf_native(model: Model, batch: int, tokens: int, sample: bool = False) -> Callable[[], None]:
+def _hf_native(model: Model, batch: int, tokens: int, sample: bool = False) -> Run:
     from transformers import GenerationConfig
 
     ids, mask, _ = model.encode([PROMPT] * batch, padding_side="left")
@@ -62,53 +88,45 @@ def _hf_native(model: Model, batch: int, tokens: int, sample: bool = False) -> C
         **({"temperature": 1.0, "top_p": 0.3, "top_k": 0} if sample else {}),
     )
 
-    def run() -> None:
+    def run() -> list[list[int]]:
         with torch.inference_mode():
-            hf.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            out = hf.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        return out[:, ids.shape[1] :].tolist()  # (batch, new)
 
     return run
 
 
-def _tl_native(model: Model, batch: int, tokens: int) -> Callable[[], None]:
+def _tl_native(model: Model, batch: int, tokens: int) -> Run:
     ids, _, _ = model.encode([PROMPT] * batch)
 
-    def run() -> None:
+    def run() -> list[list[int]]:
         with torch.inference_mode():
-            model.tl.generate(
+            out = model.tl.generate(
                 ids, max_new_tokens=tokens, do_sample=False, stop_at_eos=False, verbose=False
             )
+        return out[:, ids.shape[1] :].tolist()  # (batch, new)
 
     return run
 
 
 def _ours(
     model: Model, batch: int, tokens: int, plan: SteeringPlan | None, sample: bool = False
-) -> Callable[[], None]:
-    temperature, top_p = (1.0, 0.3) if sample else (0.0, 1.0)
-
-    def run() -> None:
-        generate(
-            model,
-            PROMPT,
-            plan,
-            n=batch,
-            max_new_tokens=tokens,
-            stop_at_eos=False,
-            temperature=temperature,
-            top_p=top_p,
-        )
+) -> Run:
+    def run() -> list[list[int]]:
+        gen = generate(model, PROMPT, plan, n=batch, sampling=_settings(tokens, sample))
+        return gen.tokens[:, gen.prompt_width :].tolist()  # (batch, new)
 
     return run
 
 
-def _time(fn: Callable[[], None]) -> tuple[float, float]:
+def _time(fn: Callable[[], object]) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def _measure(
-    methods: dict[str, Callable[[], None]], repeats: int
+    methods: dict[str, Callable[[], object]], repeats: int
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Median wall and CPU seconds per method."""
     for fn in methods.values():  # warm-up: allocator, kernels, lazy imports
@@ -134,86 +152,91 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (1 is steadier on a busy machine)"
     )
+    parser.add_argument("--smoke", action="store_true", help="tiny model, seconds, no targets")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            torch.set_num_threads(1)  # a tiny model only loses time syncing threads
+            model = load_model(str(make_tiny_model(Path(tmp) / "tiny")))
+            args.tokens, args.repeats, args.layer = SMOKE_TOKENS, 1, SMOKE_LAYER
+        else:
+            model = load_model(args.model)
+        run(model, args.tokens, args.repeats, args.layer, args.skip_tl, args.smoke)
 
-    model = load_model(args.model)
-    plans = _plans(model, args.layer)
+
+def run(model: Model, tokens: int, repeats: int, layer: int, skip_tl: bool, smoke: bool) -> None:
+    plans = _plans(model, layer)
     print(
-        f"model {model.name}, {args.tokens} new tokens, KV cache, greedy, "
-        f"{torch.get_num_threads()} torch threads, median of {args.repeats}"
+        f"model {model.name}, {tokens} new tokens, KV cache, greedy, "
+        f"{torch.get_num_threads()} torch threads, median of {repeats}"
     )
     for batch in (1, 8):
         methods = {
-            "hf generate": _hf_native(model, batch, args.tokens),
-            "ours unsteered": _ours(model, batch, args.tokens, None),
-            "ours steered front": _ours(model, batch, args.tokens, plans["front"]),
-            "ours steered all": _ours(model, batch, args.tokens, plans["all"]),
+            "hf generate": _hf_native(model, batch, tokens),
+            "ours unsteered": _ours(model, batch, tokens, None),
+            "ours steered front": _ours(model, batch, tokens, plans["front"]),
+            "ours steered all": _ours(model, batch, tokens, plans["all"]),
         }
-        if not args.skip_tl:
-            methods["tl generate"] = _tl_native(model, batch, args.tokens)
-        walls, cpus = _measure(methods, args.repeats)
+        if not skip_tl:
+            methods["tl generate"] = _tl_native(model, batch, tokens)
+        ours, theirs = methods["ours unsteered"](), methods["hf generate"]()
+        _check(ours == theirs, f"batch {batch}: greedy unsteered tokens differ from hf generate's")
+        walls, cpus = _measure(dict(methods), repeats)
         print(f"\nbatch {batch}: tokens/s by wall clock and per CPU-second")
+        target_speed, target_cost = ("", "") if smoke else (" (target >= 0.9)", " (target <= 1.05)")
         for name in methods:
-            tokens = batch * args.tokens
+            made = batch * tokens
             print(
-                f"  {name:<20} {tokens / walls[name]:7.1f} tokens/s ({walls[name]:6.2f} s)   "
-                f"{tokens / cpus[name]:7.1f} tokens/CPU-s ({cpus[name]:6.2f} CPU-s)"
+                f"  {name:<20} {made / walls[name]:7.1f} tokens/s ({walls[name]:6.2f} s)   "
+                f"{made / cpus[name]:7.1f} tokens/CPU-s ({cpus[name]:6.2f} CPU-s)"
             )
         for kind in ("front", "all"):
             name = f"ours steered {kind}"
             print(
                 f"  steered {kind:<5}: speed vs hf generate {walls['hf generate'] / walls[name]:.2f}x "
-                f"wall, {cpus['hf generate'] / cpus[name]:.2f}x CPU (target >= 0.9); cost vs "
+                f"wall, {cpus['hf generate'] / cpus[name]:.2f}x CPU{target_speed}; cost vs "
                 f"unsteered {walls[name] / walls['ours unsteered']:.3f}x wall, "
-                f"{cpus[name] / cpus['ours unsteered']:.3f}x CPU (target <= 1.05)"
+                f"{cpus[name] / cpus['ours unsteered']:.3f}x CPU{target_cost}"
             )
+        print("  greedy unsteered tokens: identical to hf generate's")
 
     sampled = {
-        "hf generate sampled": _hf_native(model, 8, args.tokens, sample=True),
-        "ours steered sampled": _ours(model, 8, args.tokens, plans["all"], sample=True),
+        "hf generate sampled": _hf_native(model, 8, tokens, sample=True),
+        "ours steered sampled": _ours(model, 8, tokens, plans["all"], sample=True),
     }
-    walls, cpus = _measure(sampled, args.repeats)
+    walls, cpus = _measure(dict(sampled), repeats)
     print("\nbatch 8, sampled (temperature 1, top-p 0.3)")
     for name in sampled:
-        tokens = 8 * args.tokens
+        made = 8 * tokens
         print(
-            f"  {name:<20} {tokens / walls[name]:7.1f} tokens/s ({walls[name]:6.2f} s)   "
-            f"{tokens / cpus[name]:7.1f} tokens/CPU-s ({cpus[name]:6.2f} CPU-s)"
+            f"  {name:<20} {made / walls[name]:7.1f} tokens/s ({walls[name]:6.2f} s)   "
+            f"{made / cpus[name]:7.1f} tokens/CPU-s ({cpus[name]:6.2f} CPU-s)"
         )
 
     coeffs = [float(c) for c in range(-4, 4)]
     entry = plans["all"].entries[0]
+    texts: dict[str, list[list[str]]] = {}
 
     def batched() -> None:
-        generate_with_coefficients(
-            model,
-            PROMPT,
-            entry,
-            coeffs,
-            n=1,
-            max_new_tokens=args.tokens,
-            temperature=0.0,
-            stop_at_eos=False,
+        texts["batched"] = generate_with_coefficients(
+            model, PROMPT, entry, coeffs, n=1, sampling=_settings(tokens)
         )
 
     def separate() -> None:
-        for c in coeffs:
-            generate_with_coefficients(
-                model,
-                PROMPT,
-                entry,
-                [c],
-                n=1,
-                max_new_tokens=args.tokens,
-                temperature=0.0,
-                stop_at_eos=False,
-            )
+        texts["separate"] = [
+            generate_with_coefficients(model, PROMPT, entry, [c], n=1, sampling=_settings(tokens))[
+                0
+            ]
+            for c in coeffs
+        ]
 
-    walls, cpus = _measure({"batched": batched, "separate": separate}, max(1, args.repeats - 1))
+    walls, cpus = _measure({"batched": batched, "separate": separate}, max(1, repeats - 1))
+    _check(texts["batched"] == texts["separate"], "8 coefficients batched differ from separate")
     print(
-        f"\n8 coefficients x {args.tokens} tokens: batched {walls['batched']:.2f} s "
+        f"\n8 coefficients x {tokens} tokens (identical texts both ways): "
+        f"batched {walls['batched']:.2f} s "
         f"({cpus['batched']:.2f} CPU-s), separate {walls['separate']:.2f} s "
         f"({cpus['separate']:.2f} CPU-s): batched is {walls['separate'] / walls['batched']:.2f}x "
         f"faster by wall clock, {cpus['separate'] / cpus['batched']:.2f}x by CPU time"
