@@ -16,12 +16,14 @@ and at least 5x faster than trying candidates one at a time.
     python benchmarks/bench_discover.py [--layer 8] [--k 16] [--loop-candidates 4] [--smoke]
 
 ``--smoke`` runs the same code on a tiny random model and a synthetic store (seconds, no speed
-targets: toy sizes say nothing about speed).
+targets: toy sizes say nothing about speed). Either way, the candidates tried one at a time must
+get the batched run's coefficient and effect, or the script exits non-zero.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import resource
 import tempfile
@@ -30,10 +32,11 @@ from pathlib import Path
 
 import torch
 
+from dictionaries import Dictionary
 from workbench.activations.store import ActivationStore
 from workbench.commands.discover import run_discovery
 from workbench.corpora import load_corpus
-from workbench.decompose.discover import discover
+from workbench.decompose.discover import Discovery, discover
 from workbench.decompose.fit import fit_from_store, make_dictionary
 from workbench.decompose.trials import Trials, TrialSettings, row_steering
 from workbench.model.hooks import Site, backend_for
@@ -41,36 +44,58 @@ from workbench.model.load import DEFAULT_MODEL, Model, load_model
 from workbench.testing import make_tiny_model, planted_store
 from workbench.vectors.dictionary import from_component
 
+# (index, sign) -> (suggested coefficient or None, effect) of one candidate
+Measured = dict[tuple[int, int], tuple[float | None, float]]
+
 
 def _one_at_a_time(
     model: Model,
+    dictionary: Dictionary,
     store: ActivationStore,
     layer: int,
-    method: str,
-    k: int,
     n: int,
     s: TrialSettings,
-) -> float:
-    """Seconds per candidate when each candidate's trials run on their own."""
-    pca = fit_from_store(make_dictionary(method, k), store, layer)
+) -> tuple[float, Measured]:
+    """Seconds per candidate when each candidate's trials run on their own, and what they gave."""
     site = Site(store.site, layer)
     backend = backend_for(model, [site])
     prompts = load_corpus(s.prompts, limit=s.n_prompts)
     held_out = load_corpus(s.damage_texts)[-s.n_damage :]
-    vectors = [from_component(pca, i // 2, 1 - 2 * (i % 2), model=model) for i in range(n)]
+    signed = [(i // 2, 1 - 2 * (i % 2)) for i in range(n)]
+    vectors = [from_component(dictionary, i, sign, model=model) for i, sign in signed]
+    measured: Measured = {}
     start = time.perf_counter()
     with row_steering(model, site, backend) as state:
         trials = Trials(model, state, s, backend)
-        for v in vectors:
+        for key, v in zip(signed, vectors, strict=True):
             unit = v.directions[layer].unsqueeze(0)  # (1, d)
             norm = v.layer_norms[layer]
             cal = trials.calibrate(unit, norm, held_out)
-            coeff = float(cal.coeff[0]) if cal.coeff[0] == cal.coeff[0] else 0.0
+            found = float(cal.coeff[0])
+            coeff = 0.0 if math.isnan(found) else found
             delta = unit * coeff * norm
-            trials.effects(delta, prompts)
+            effect, _ = trials.effects(delta, prompts)
             zero = torch.zeros_like(delta)
             trials.completions(torch.cat([zero, delta]), prompts[: s.n_completion_prompts])
-    return (time.perf_counter() - start) / n
+            measured[key] = (None if math.isnan(found) else found, float(effect[0]))
+    return (time.perf_counter() - start) / n, measured
+
+
+def _check_same(batched: Discovery, alone: Measured) -> None:
+    """Trials are independent per candidate: batching them must not change their numbers."""
+    by_key = {(c.index, c.sign): c for c in batched.candidates}
+    for key, (coeff, effect) in alone.items():
+        c = by_key[key]
+        same_coeff = (c.suggested_coeff is None and coeff is None) or (
+            c.suggested_coeff is not None
+            and coeff is not None
+            and math.isclose(c.suggested_coeff, coeff, rel_tol=1e-3)
+        )
+        if not (same_coeff and math.isclose(c.effect, effect, rel_tol=1e-3, abs_tol=1e-9)):
+            raise SystemExit(
+                f"bench_discover: wrong result: candidate {key} batched gave coefficient "
+                f"{c.suggested_coeff} and effect {c.effect}, alone {coeff} and {effect}"
+            )
 
 
 def main() -> None:
@@ -85,6 +110,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.smoke:
+            torch.set_num_threads(1)  # a tiny model only loses time syncing threads
             model = load_model(str(make_tiny_model(root / "tiny")))
             layer, k = 1, 4
             planted_store(root / "acts", model, layer=layer, n_docs=20)
@@ -116,13 +142,17 @@ def main() -> None:
         again = discover(model, pca, store, layer=layer, settings=settings)
         batched = (time.perf_counter() - t0) / len(again.candidates)
         n_loop = max(1, min(args.loop_candidates, 2 * k))
-        per_candidate = _one_at_a_time(model, store, layer, result.method, k, n_loop, settings)
+        per_candidate, alone = _one_at_a_time(model, pca, store, layer, n_loop, settings)
+        _check_same(again, alone)
     n = len(result.candidates)
     ratio = per_candidate / batched
     print(f"discover on {model.name}, layer {layer}, {result.method} k={k}: {n} candidates")
     print(f"  whole run: {whole:.1f} s wall, {whole_cpu:.1f} s CPU, peak RSS {peak_mib:.0f} MiB")
     print(f"  batched trials: {batched:.2f} s per candidate ({batched * n:.1f} s for {n})")
-    print(f"  one at a time:  {per_candidate:.2f} s per candidate (measured on {n_loop})")
+    print(
+        f"  one at a time:  {per_candidate:.2f} s per candidate (measured on {n_loop}; "
+        "same coefficients and effects as batched)"
+    )
     print(f"  speed-up: {ratio:.1f}x")
     if not args.smoke:
         print(
