@@ -166,6 +166,88 @@ def _reference(coeffs: list[float], ov: Overshoot) -> tuple[float, str]:
     return min(side, key=abs), "smallest coefficient (breaks at once)"
 
 
+def _diagnostics(
+    model: Model,
+    entry: PlanEntry,
+    vec: SteeringVector,
+    layer: int,
+    spec: MeasureSpec,
+    attention_prompts: int,
+) -> dict[str, Any]:
+    """Residual norm, norm ratios and attention to the steered position at ``layer``."""
+    resid = mean_residual_norms(model, [layer], vec.site)[layer]
+    ratios = norm_ratios(entry, layer, resid)
+    attn_prompts = (spec.prompts or spec.neutral)[:attention_prompts]
+    attn = attention_to_steered(model, entry, layer, attn_prompts) if attn_prompts else []
+    return {
+        "residual_norm": resid,
+        "vector_norm": vec.norm(layer),
+        "norm_ratio": ratios,
+        "attn_to_steered": attn,
+        "attn_layers": [layer, model.n_layers - 1],
+    }
+
+
+def _base_distinct(base: ConditionResult, notes: list[str]) -> float | None:
+    """Distinct-2 of the unsteered completions (None when not measured or zero, with a note)."""
+    if "distinct2" not in base.rows:
+        return None
+    value = base.estimate("distinct2").value or None
+    if value is None:
+        notes.append("unsteered completions have no distinct bigrams; distinct-2 ratio skipped")
+    return value
+
+
+def _overshoot(
+    layer: int,
+    coeffs: list[float],
+    results: list[ConditionResult],
+    rows: list[dict[str, Any]],
+    base_distinct: float | None,
+    diagnostics: dict[str, Any],
+    config: SweepConfig,
+    spec: MeasureSpec,
+    effect: EffectSpec,
+) -> tuple[Overshoot, dict[str, Any]]:
+    """The overshoot finder over the layer's coefficients, and its record with diagnostics."""
+    ov = find_overshoot(
+        coeffs,
+        [res.delta(effect.key) for res in results],
+        ppl_ratios=[res.estimate("off_target_ratio") for res in results]
+        if spec.off_target
+        else None,
+        distinct_ratios=[r["distinct2_ratio"] for r in rows] if base_distinct else None,
+        thresholds=config.thresholds,
+        direction=effect.direction,
+    )
+    overshoot = {"layer": layer, **ov.to_json(), "diagnostics": diagnostics}
+    overshoot["diagnostics"]["why"] = explain(coeffs, diagnostics, ov.breakdown)
+    return ov, overshoot
+
+
+def _samples(
+    layer: int,
+    coeffs: list[float],
+    results: list[ConditionResult],
+    spec: MeasureSpec,
+    shown: int,
+) -> list[dict[str, Any]]:
+    """The first completion of the first ``shown`` prompts, per coefficient."""
+    prompts = spec.prompts[:shown]
+    return [
+        {
+            "layer": layer,
+            "coeff": c,
+            "completions": [
+                {"prompt": p, "text": res.completions[i * spec.n]} for i, p in enumerate(prompts)
+            ]
+            if spec.n > 0
+            else [],
+        }
+        for c, res in zip(coeffs, results, strict=True)
+    ]
+
+
 def sweep_layer(
     model: Model,
     vector: SteeringVector,
@@ -189,40 +271,17 @@ def sweep_layer(
     )
     conds = [Condition(f"{c:g}", (c,)) for c in coeffs]
     results, base = measure(model, [entry], conds, spec)
-    resid = mean_residual_norms(model, [layer], vec.site)[layer]
-    ratios = norm_ratios(entry, layer, resid)
+    diagnostics = _diagnostics(model, entry, vec, layer, spec, config.attention_prompts)
+    ratios, attn = diagnostics["norm_ratio"], diagnostics["attn_to_steered"]
     raw = entry.raw_coeffs(layer)
-    attn_prompts = (spec.prompts or spec.neutral)[: config.attention_prompts]
-    attn = attention_to_steered(model, entry, layer, attn_prompts) if attn_prompts else []
-    diagnostics: dict[str, Any] = {
-        "residual_norm": resid,
-        "vector_norm": vec.norm(layer),
-        "norm_ratio": ratios,
-        "attn_to_steered": attn,
-        "attn_layers": [layer, model.n_layers - 1],
-    }
-    zero = coeffs.index(0.0)
-    base_distinct = None
-    if "distinct2" in results[zero].rows:
-        base_distinct = results[zero].estimate("distinct2").value or None
-        if base_distinct is None:
-            notes.append("unsteered completions have no distinct bigrams; distinct-2 ratio skipped")
+    base_distinct = _base_distinct(results[coeffs.index(0.0)], notes)
     rows = [
         _row(layer, c, config.units, r, math.copysign(q, r), res, effect, base_distinct)
         for c, r, q, res in zip(coeffs, raw, ratios, results, strict=True)
     ]
-    ov = find_overshoot(
-        coeffs,
-        [res.delta(effect.key) for res in results],
-        ppl_ratios=[res.estimate("off_target_ratio") for res in results]
-        if spec.off_target
-        else None,
-        distinct_ratios=[r["distinct2_ratio"] for r in rows] if base_distinct else None,
-        thresholds=config.thresholds,
-        direction=effect.direction,
+    ov, overshoot = _overshoot(
+        layer, coeffs, results, rows, base_distinct, diagnostics, config, spec, effect
     )
-    overshoot = {"layer": layer, **ov.to_json(), "diagnostics": diagnostics}
-    overshoot["diagnostics"]["why"] = explain(coeffs, diagnostics, ov.breakdown)
     for row, a in zip(rows, attn or [None] * len(rows), strict=True):
         row["norm_ratio"], row["attn_to_steered"] = abs(row["coeff_norm_units"]), a
 
@@ -231,25 +290,12 @@ def sweep_layer(
     controls.update(
         coeff=ref, reference=why, vector=result_summary(results[coeffs.index(ref)], effect)
     )
-    shown = spec.prompts[: config.samples_shown]
-    samples = [
-        {
-            "layer": layer,
-            "coeff": c,
-            "completions": [
-                {"prompt": p, "text": res.completions[i * spec.n]} for i, p in enumerate(shown)
-            ]
-            if spec.n > 0
-            else [],
-        }
-        for c, res in zip(coeffs, results, strict=True)
-    ]
     return {
         "layer": layer,
         "rows": rows,
         "overshoot": overshoot,
         "controls": controls,
-        "samples": samples,
+        "samples": _samples(layer, coeffs, results, spec, config.samples_shown),
         "notes": notes,
     }
 

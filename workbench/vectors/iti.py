@@ -91,6 +91,71 @@ def head_shift(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     return unit * sigma, sigma
 
 
+def head_outputs(
+    model: Model,
+    pos: list[str],
+    neg: list[str],
+    positions: str,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every head's output (site ``z``) at every layer for two text sets, with labels.
+
+    Returns ``Z`` ``(n_pos + n_neg, n_layers, n_heads, d_head)`` and ``y`` ``(n,)``: 1 for the
+    positive texts (first), 0 for the negative ones.
+    """
+    sites = [Site("z", layer) for layer in range(model.n_layers)]
+    a = collect(model, pos, sites, positions, batch_size=batch_size, max_tokens=max_tokens)
+    b = collect(model, neg, sites, positions, batch_size=batch_size, max_tokens=max_tokens)
+    Z = torch.stack(
+        [torch.cat([a.rows[s], b.rows[s]]) for s in sites], dim=1
+    ).numpy()  # (n, n_layers, n_heads, d_head)
+    y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(int)
+    return Z, y
+
+
+def head_directions(
+    model: Model,
+    Z: np.ndarray,
+    y: np.ndarray,
+    heads: list[tuple[int, int]],
+    table: np.ndarray,
+) -> tuple[dict[int, torch.Tensor], list[dict[str, float | int]]]:
+    """ITI's shift for each chosen head, gathered into one ``(n_heads, d_head)`` tensor a layer.
+
+    Returns the per-layer tensors (zeros for heads not chosen) and, per chosen head, its
+    layer, head, held-out accuracy (from ``table``) and ``sigma``.
+    """
+    directions: dict[int, torch.Tensor] = {}
+    chosen: list[dict[str, float | int]] = []
+    for layer, head in heads:
+        shift, sigma = head_shift(Z[:, layer, head].astype(np.float64), y)
+        t = directions.setdefault(layer, torch.zeros(model.n_heads, model.d_head))
+        t[head] = torch.from_numpy(shift).float()
+        chosen.append(
+            {
+                "layer": layer,
+                "head": head,
+                "accuracy": round(float(table[layer, head]), 4),
+                "sigma": round(sigma, 6),
+            }
+        )
+    return directions, chosen
+
+
+def _check_k(model: Model, k: int) -> None:
+    n_total = model.n_layers * model.n_heads
+    check(
+        isinstance(k, int) and 1 <= k <= n_total,
+        f"k={k} heads is out of range: {model.name} has {n_total} heads (1..{n_total})",
+    )
+
+
+def _rounded(table: np.ndarray) -> list[list[float]]:
+    return [[round(float(x), 4) for x in row] for row in table]
+
+
 def from_iti(
     model: Model,
     pos_texts: TextSpec,
@@ -119,37 +184,14 @@ def from_iti(
         {'layer': 11, 'head': 3, 'accuracy': 0.97, 'sigma': 1.8}
     """
     check_positions(positions, ("last", "mean"))
-    n_total = model.n_layers * model.n_heads
-    check(
-        isinstance(k, int) and 1 <= k <= n_total,
-        f"k={k} heads is out of range: {model.name} has {n_total} heads (1..{n_total})",
-    )
+    _check_k(model, k)
     pos = load_text_set(pos_texts, "positive text set")
     neg = load_text_set(neg_texts, "negative text set")
     train_idx, test_idx = split_texts(len(pos), len(neg), test_size, seed)
-    sites = [Site("z", layer) for layer in range(model.n_layers)]
-    a = collect(model, pos, sites, positions, batch_size=batch_size, max_tokens=max_tokens)
-    b = collect(model, neg, sites, positions, batch_size=batch_size, max_tokens=max_tokens)
-    Z = torch.stack(
-        [torch.cat([a.rows[s], b.rows[s]]) for s in sites], dim=1
-    ).numpy()  # (n, n_layers, n_heads, d_head)
-    y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(int)
+    Z, y = head_outputs(model, pos, neg, positions, batch_size=batch_size, max_tokens=max_tokens)
     table, loss = head_accuracy_table(Z, y, train_idx, test_idx, C=C, max_iter=max_iter)
     heads = select_heads(table, k, tiebreak=loss)
-    directions: dict[int, torch.Tensor] = {}
-    chosen: list[dict[str, float | int]] = []
-    for layer, head in heads:
-        shift, sigma = head_shift(Z[:, layer, head].astype(np.float64), y)
-        t = directions.setdefault(layer, torch.zeros(model.n_heads, model.d_head))
-        t[head] = torch.from_numpy(shift).float()
-        chosen.append(
-            {
-                "layer": layer,
-                "head": head,
-                "accuracy": round(float(table[layer, head]), 4),
-                "sigma": round(sigma, 6),
-            }
-        )
+    directions, chosen = head_directions(model, Z, y, heads, table)
     return assemble(
         model,
         directions,
@@ -168,8 +210,8 @@ def from_iti(
         info={
             "k": k,
             "heads": chosen,
-            "accuracy_table": [[round(float(x), 4) for x in row] for row in table],
-            "loss_table": [[round(float(x), 4) for x in row] for row in loss],
+            "accuracy_table": _rounded(table),
+            "loss_table": _rounded(loss),
             "n_pos_texts": len(pos),
             "n_neg_texts": len(neg),
             "n_train_texts": int(train_idx.size),
