@@ -16,6 +16,7 @@ from workbench.activations.writer import RowBatch, StoreWriter
 from workbench.cli import main
 from workbench.corpora import load_corpus
 from workbench.model.load import Model
+from workbench.testing import planted_store
 from workbench.vectors.vector import SteeringVector
 
 FAST = [
@@ -296,6 +297,10 @@ def test_discover_errors(
     one = tmp_path / "one.jsonl"
     one.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n')
     assert "one label only" in _error(capsys, [*base, "--acts", str(acts), "--concepts", str(one)])
+    no_docs = tmp_path / "no-docs"
+    planted_store(no_docs, tiny_model, layer=1, n_docs=8)
+    (no_docs / "docs.jsonl").unlink()  # a store that cannot say which document a row is from
+    assert "no docs.jsonl" in _error(capsys, [*base, "--acts", str(no_docs), "--k", "2"])
     assert not out.exists()
 
 
