@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -8,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import workbench.vectors.build as sources
 from workbench.activations.collect import TextActivations
 from workbench.corpora import load_corpus
 from workbench.errors import WorkbenchError
@@ -136,7 +136,10 @@ def test_mean_difference_recovers_planted_direction(
         rows = {s: torch.from_numpy(rng.standard_normal((n, d)) + shift * u).float() for s in sites}
         return TextActivations(rows=rows, owner=torch.arange(n), n_texts=n, n_truncated=0)
 
-    monkeypatch.setattr(sources, "collect", fake_collect)
+    # the two text sets are collected by workbench.activations.collect.collect_contrast (the
+    # package re-exports the function ``collect``, which hides the module of the same name)
+    collect_module = importlib.import_module("workbench.activations.collect")
+    monkeypatch.setattr(collect_module, "collect", fake_collect)
     pos = [f"pos {i}" for i in range(2000)]
     neg = [f"neg {i}" for i in range(2000)]
     v = from_datasets(tiny_model, pos, neg, 1)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from workbench.activations.batches import ROW_POSITIONS
-from workbench.corpora import BUILTIN_PREFIX, load_corpus
+from workbench.corpora import BUILTIN_PREFIX, load_corpus, load_text_set
 from workbench.errors import WorkbenchError, check
 from workbench.model.hooks import Site, StopForward, backend_for, recording
 from workbench.model.load import Model
@@ -177,6 +177,29 @@ def collect(
     return TextActivations(
         rows=rows, owner=owner[back], n_texts=len(texts), n_truncated=sum(truncated)
     )
+
+
+def load_contrast(pos_texts: TextSpec, neg_texts: TextSpec) -> tuple[list[str], list[str]]:
+    """The positive and negative text sets of a contrast (builtin names, files or lists)."""
+    pos = load_text_set(pos_texts, "positive text set")
+    neg = load_text_set(neg_texts, "negative text set")
+    return pos, neg
+
+
+def collect_contrast(
+    model: Model,
+    pos: list[str],
+    neg: list[str],
+    sites: Sequence[Site],
+    positions: str = "last",
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> tuple[TextActivations, TextActivations]:
+    """:func:`collect` for the positive, then the negative texts of a contrast."""
+    a = collect(model, pos, sites, positions, batch_size=batch_size, max_tokens=max_tokens)
+    b = collect(model, neg, sites, positions, batch_size=batch_size, max_tokens=max_tokens)
+    return a, b
 
 
 _NORMS: dict[tuple[str, int, str, int], float] = {}

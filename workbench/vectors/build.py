@@ -34,12 +34,12 @@ from workbench.activations.collect import (
     TextSpec,
     check_layers,
     check_positions,
-    collect,
+    collect_contrast,
+    load_contrast,
     mean_residual_norms,
     texts_from_recipe,
     texts_recipe,
 )
-from workbench.corpora import load_text_set
 from workbench.errors import WorkbenchError, check
 from workbench.model.hooks import Site
 from workbench.model.load import Model
@@ -65,22 +65,6 @@ __all__ = [
 # --------------------------------------------------------------------------- text sets
 
 
-def _two_sets(
-    model: Model,
-    pos_texts: TextSpec,
-    neg_texts: TextSpec,
-    sites: list[Site],
-    positions: str,
-    batch_size: int,
-    max_tokens: int,
-) -> tuple[list[str], list[str], Any, Any]:
-    pos = load_text_set(pos_texts, "positive text set")
-    neg = load_text_set(neg_texts, "negative text set")
-    a = collect(model, pos, sites, positions, batch_size=batch_size, max_tokens=max_tokens)
-    b = collect(model, neg, sites, positions, batch_size=batch_size, max_tokens=max_tokens)
-    return pos, neg, a, b
-
-
 def from_datasets(
     model: Model,
     pos_texts: TextSpec,
@@ -103,8 +87,9 @@ def from_datasets(
     check_positions(positions)
     check_site(site)
     sites = [Site(site, layer) for layer in layer_list]
-    pos, neg, a, b = _two_sets(
-        model, pos_texts, neg_texts, sites, positions, batch_size, max_tokens
+    pos, neg = load_contrast(pos_texts, neg_texts)
+    a, b = collect_contrast(
+        model, pos, neg, sites, positions, batch_size=batch_size, max_tokens=max_tokens
     )
     directions: dict[int, torch.Tensor] = {}
     separation: dict[str, dict[str, float]] = {}
@@ -169,8 +154,9 @@ def from_probe(
     check_positions(positions)
     check_site(site)
     sites = [Site(site, layer)]
-    pos, neg, a, b = _two_sets(
-        model, pos_texts, neg_texts, sites, positions, batch_size, max_tokens
+    pos, neg = load_contrast(pos_texts, neg_texts)
+    a, b = collect_contrast(
+        model, pos, neg, sites, positions, batch_size=batch_size, max_tokens=max_tokens
     )
     train_idx, test_idx = split_texts(len(pos), len(neg), test_size, seed)
     X = torch.cat([a.rows[sites[0]], b.rows[sites[0]]]).double().numpy()  # (n_rows, d_model)

@@ -21,10 +21,10 @@ from workbench.activations.collect import (
     DEFAULT_MAX_TOKENS,
     TextSpec,
     check_positions,
-    collect,
+    collect_contrast,
+    load_contrast,
     texts_recipe,
 )
-from workbench.corpora import load_text_set
 from workbench.errors import check
 from workbench.model.hooks import Site
 from workbench.model.load import Model
@@ -106,8 +106,9 @@ def head_outputs(
     positive texts (first), 0 for the negative ones.
     """
     sites = [Site("z", layer) for layer in range(model.n_layers)]
-    a = collect(model, pos, sites, positions, batch_size=batch_size, max_tokens=max_tokens)
-    b = collect(model, neg, sites, positions, batch_size=batch_size, max_tokens=max_tokens)
+    a, b = collect_contrast(
+        model, pos, neg, sites, positions, batch_size=batch_size, max_tokens=max_tokens
+    )
     Z = torch.stack(
         [torch.cat([a.rows[s], b.rows[s]]) for s in sites], dim=1
     ).numpy()  # (n, n_layers, n_heads, d_head)
@@ -185,8 +186,7 @@ def from_iti(
     """
     check_positions(positions, ("last", "mean"))
     _check_k(model, k)
-    pos = load_text_set(pos_texts, "positive text set")
-    neg = load_text_set(neg_texts, "negative text set")
+    pos, neg = load_contrast(pos_texts, neg_texts)
     train_idx, test_idx = split_texts(len(pos), len(neg), test_size, seed)
     Z, y = head_outputs(model, pos, neg, positions, batch_size=batch_size, max_tokens=max_tokens)
     table, loss = head_accuracy_table(Z, y, train_idx, test_idx, C=C, max_iter=max_iter)
