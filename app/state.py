@@ -107,6 +107,24 @@ def keep_vector(label: str, vector: SteeringVector) -> str:
     return label
 
 
+def keep_run(key: str, model: Model, data: dict[str, Any] | None) -> None:
+    """Keep the latest run's ``data`` under session key ``key``, tagged with ``model``'s name.
+
+    ``None`` (a run that failed and said why) keeps nothing.
+    """
+    if data is not None:
+        st.session_state[key] = {"model": model.name, "data": data}
+
+
+def last_run(key: str, model: Model) -> dict[str, Any]:
+    """The data :func:`keep_run` kept under ``key`` for ``model``; without one, stop the page."""
+    last = st.session_state.get(key)
+    if not last or last["model"] != model.name:
+        st.stop()
+    data: dict[str, Any] = last["data"]
+    return data
+
+
 # --------------------------------------------------------------------------- hashing for caches
 
 

@@ -84,13 +84,9 @@ if st.button("Run sweep", type="primary", key="ov_go"):
     st.session_state.pop(LAST, None)
     with st.spinner("Measuring every coefficient in one batch…"):
         data = attempt(run_sweep)
-    if data is not None:
-        st.session_state[LAST] = {"model": model.name, "data": data}
+    state.keep_run(LAST, model, data)
 
-last = st.session_state.get(LAST)
-if not last or last["model"] != model.name:
-    st.stop()
-data = last["data"]
+data = state.last_run(LAST, model)
 ov = data["overshoot"][0]
 diag = ov["diagnostics"]
 

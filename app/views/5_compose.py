@@ -103,13 +103,9 @@ if st.button("Measure the composition", type="primary", key="cmp_go"):
     )
     with st.spinner("Running each vector alone, every pair and all together…"):
         data = attempt(results.compose, model.name, plan, units, orthogonalize, sampled, opts)
-    if data is not None:
-        st.session_state[LAST] = {"model": model.name, "data": data}
+    state.keep_run(LAST, model, data)
 
-last = st.session_state.get(LAST)
-if not last or last["model"] != model.name:
-    st.stop()
-data = last["data"]
+data = state.last_run(LAST, model)
 
 # --------------------------------------------------------------------------- results
 
