@@ -20,8 +20,8 @@ from dictionaries.linear import ICA, PCA
 from dictionaries.pretrained import PretrainedSAE
 from dictionaries.quality import reconstruction_quality
 from dictionaries.registry import available, create, get, load, register
-from dictionaries.scaling import SCALES, InputScaler
 from dictionaries.sae import SparseAutoencoder
+from dictionaries.scaling import SCALES, InputScaler
 from dictionaries.sparse import DictLearn
 
 __all__ = [
