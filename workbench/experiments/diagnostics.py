@@ -22,7 +22,7 @@ import torch
 
 from workbench.errors import check
 from workbench.model.load import Model
-from workbench.steer.apply import _window_start, apply_plan
+from workbench.steer.apply import apply_plan, window_start
 from workbench.steer.plan import PlanEntry, SteeringPlan
 
 
@@ -39,7 +39,7 @@ def _steered_keys(entry: PlanEntry, layer: int, lengths: torch.Tensor) -> torch.
     rows = t if (t.dim() == 2 and entry.vector.site != "z") else t.reshape(1, -1)  # (n, feat)
     nonzero = rows.flatten(1).norm(dim=-1) > 0  # (n,)
     n = rows.shape[0]
-    start = _window_start(str(entry.position), lengths, n)  # (prompts,)
+    start = window_start(str(entry.position), lengths, n)  # (prompts,)
     width = int(lengths.max())
     pos = torch.arange(width)[None, :]  # (1, pos)
     j = pos - start[:, None]  # (prompts, pos) row of the vector at each position

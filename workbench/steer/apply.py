@@ -199,7 +199,7 @@ def _build_part(entry: PlanEntry, layer: int, dtype: torch.dtype, device: torch.
     )
 
 
-def _window_start(position: str, lengths: torch.Tensor, n: int) -> torch.Tensor:
+def window_start(position: str, lengths: torch.Tensor, n: int) -> torch.Tensor:
     """Real position of the vector's first row in each row's prompt (may be negative)."""
     if position == "front":
         return torch.zeros_like(lengths)
@@ -225,7 +225,7 @@ def _delta(part: _Part, lay: _Layout, start: int, seq_len: int) -> torch.Tensor 
             return None
         mask = mask.view(*mask.shape, *[1] * feat_dims).to(part.const.device)
         return torch.where(mask, part.const, torch.zeros_like(part.const))  # (batch, pos, *feat)
-    j = real - _window_start(str(e.position), lay.lengths, part.n)[:, None]  # (batch, pos)
+    j = real - window_start(str(e.position), lay.lengths, part.n)[:, None]  # (batch, pos)
     valid = in_prompt & (j >= 0) & (j < part.n)
     if not bool(valid.any()):
         return None
