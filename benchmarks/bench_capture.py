@@ -19,11 +19,7 @@ Usage: ``python benchmarks/bench_capture.py [--tokens 4000] [--memory-tokens 250
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from child import run_child
 
 from workbench.activations.batches import batches
 from workbench.activations.capture import capture
@@ -262,23 +259,8 @@ def memory_child(model_name: str, layers: list[int], n_tokens: int) -> None:
 
 
 def _child(args: list[str], smoke: bool) -> dict[str, Any]:
-    """Run this script with ``args`` in a fresh process and return the JSON line it prints last.
-
-    In smoke mode the same arguments run in this process instead: the imports alone cost a fresh
-    process seconds, and toy sizes say nothing about memory anyway.
-    """
-    if smoke:
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            main(args)
-        text = printed.getvalue()
-    else:
-        done = subprocess.run(
-            [sys.executable, __file__, *args], check=True, capture_output=True, text=True
-        )
-        text = done.stdout
-    row: dict[str, Any] = json.loads(text.strip().splitlines()[-1])
-    return row
+    """This script's ``main`` with ``args`` in a fresh process (in this one when smoking)."""
+    return run_child(__file__, main, args, smoke)
 
 
 def memory(model_name: str, layers: list[int], sizes: list[int], smoke: bool) -> None:

@@ -21,12 +21,8 @@ about speed). Wrong results exit non-zero either way.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from child import run_child
 
 WIDTH = 576
 RANK = 32  # the planted structure of the synthetic stores
@@ -147,23 +144,8 @@ def pca_child(path: str) -> None:
 
 
 def _child(args: list[str], smoke: bool) -> dict[str, Any]:
-    """Run this script with ``args`` in a fresh process and return the JSON line it prints last.
-
-    In smoke mode the same arguments run in this process instead: the imports alone cost a fresh
-    process seconds, and toy sizes say nothing about memory anyway.
-    """
-    if smoke:
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            main(args)
-        text = printed.getvalue()
-    else:
-        done = subprocess.run(
-            [sys.executable, __file__, *args], check=True, capture_output=True, text=True
-        )
-        text = done.stdout
-    row: dict[str, Any] = json.loads(text.strip().splitlines()[-1])
-    return row
+    """This script's ``main`` with ``args`` in a fresh process (in this one when smoking)."""
+    return run_child(__file__, main, args, smoke)
 
 
 def pca_stream(
