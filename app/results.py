@@ -22,6 +22,7 @@ from workbench.corpora import list_builtin
 from workbench.decompose import maps
 from workbench.decompose.discover import Discovery, discover
 from workbench.decompose.fit import evaluate_heldout, fit_from_store, heldout_docs, make_dictionary
+from workbench.decompose.hygiene import DEFAULT_MAX_NORM_RATIO, DEFAULT_SCALE, Hygiene
 from workbench.decompose.inspect import ComponentReport, inspect_components
 from workbench.decompose.maps import Map2D
 from workbench.decompose.trials import TrialSettings
@@ -140,16 +141,27 @@ def store_stamp(path: str) -> float:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def fit_dictionary(
-    store_path: str, stamp: float, layer: int, method: str, k: int, params: str
+    store_path: str,
+    stamp: float,
+    layer: int,
+    method: str,
+    k: int,
+    params: str,
+    max_norm_ratio: float = DEFAULT_MAX_NORM_RATIO,
+    scale: str = DEFAULT_SCALE,
 ) -> Dictionary:
     """``workbench decompose``'s fit: ``method`` with ``k`` components and ``params``
-    (``"key=value, ..."``) on the store's layer, its held-out documents left out."""
+    (``"key=value, ..."``) on the store's layer, its held-out documents left out, after the
+    input hygiene of ``--max-norm-ratio`` (0: keep every row) and ``--scale``."""
     del stamp  # cache key only
     store = ActivationStore.open(store_path)
     store.check_layer(layer)
     items = [p.strip() for p in params.split(",") if p.strip()]
     dictionary = make_dictionary(method, k, parse_params(items))
-    return fit_from_store(dictionary, store, layer, exclude_docs=heldout_docs(store))
+    hygiene = Hygiene(max_norm_ratio=max_norm_ratio or None, scale=scale)
+    return fit_from_store(
+        dictionary, store, layer, exclude_docs=heldout_docs(store), hygiene=hygiene
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=8, hash_funcs=_HASH)

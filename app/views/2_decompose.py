@@ -10,8 +10,10 @@ import streamlit as st
 import dictionaries
 from app import results, state
 from app.widgets import attempt, marked_context_html, token_chips
+from dictionaries.scaling import SCALES
 from workbench.activations.store import ActivationStore
 from workbench.decompose.discover import RANKINGS
+from workbench.decompose.hygiene import DEFAULT_MAX_NORM_RATIO, DEFAULT_SCALE
 from workbench.decompose.inspect import LENS_RANKS, ComponentReport
 
 FITTED = "decompose_fitted"  # session: {"store", "layer", "method", "k"}
@@ -50,9 +52,39 @@ params = c4.text_input(
     help="key=value, comma-separated (as `workbench decompose --param`), e.g. alpha=0.5",
 )
 
+h1, h2 = st.columns(2)
+max_norm_ratio = h1.number_input(
+    "Drop rows over x median norm",
+    0.0,
+    100.0,
+    DEFAULT_MAX_NORM_RATIO,
+    0.5,
+    key="dec_max_norm",
+    help="input hygiene (`--max-norm-ratio`): rows whose norm exceeds this multiple of the "
+    "median, the massive first-token activations, are left out of the fit; 0 keeps every row",
+)
+scale = h2.selectbox(
+    "Fit in the space",
+    SCALES,
+    index=SCALES.index(DEFAULT_SCALE),
+    key="dec_scale_space",
+    help="`--scale`: standardize each dimension before the fit (default); components become "
+    "steering vectors as decoder directions in the model's own space",
+)
+
 if st.button("Fit", type="primary", key="dec_fit"):
     with st.spinner(f"Fitting {method} with k={k} (10% of documents held out)…"):
-        fitted = attempt(results.fit_dictionary, store_path, stamp, layer, method, k, params)
+        fitted = attempt(
+            results.fit_dictionary,
+            store_path,
+            stamp,
+            layer,
+            method,
+            k,
+            params,
+            float(max_norm_ratio),
+            str(scale),
+        )
     if fitted is not None:
         st.session_state[FITTED] = {
             "store": store_path,
@@ -60,6 +92,8 @@ if st.button("Fit", type="primary", key="dec_fit"):
             "method": method,
             "k": k,
             "params": params,
+            "max_norm_ratio": float(max_norm_ratio),
+            "scale": str(scale),
             "stamp": stamp,
         }
         st.session_state.pop(CANDIDATES, None)
@@ -69,7 +103,14 @@ if not spec or spec["store"] != store_path or spec["stamp"] != stamp:
     st.info("Choose a layer, a method and k, then **Fit**.")
     st.stop()
 dictionary = results.fit_dictionary(
-    spec["store"], spec["stamp"], spec["layer"], spec["method"], spec["k"], spec["params"]
+    spec["store"],
+    spec["stamp"],
+    spec["layer"],
+    spec["method"],
+    spec["k"],
+    spec["params"],
+    spec["max_norm_ratio"],
+    spec["scale"],
 )
 st.session_state[state.DICTIONARY] = dictionary
 layer = spec["layer"]

@@ -271,6 +271,8 @@ def test_capture_decompose_and_send_a_candidate_to_steering(at: AppTest, tmp_pat
     at.number_input(key="dec_k").set_value(3)
     at.button(key="dec_fit").click().run()
     _ok(at)
+    fitted = at.session_state["dictionary"]
+    assert fitted.scaler_ is not None and fitted.fit_stats_["input"]["max_norm_ratio"] == 3.0
     evr = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
     assert len(evr[0]["y"]) == 3 and evr[1]["y"][-1] == pytest.approx(sum(evr[0]["y"]))
     assert sum("Component" in str(m.value) for m in at.markdown) == 3  # one card each

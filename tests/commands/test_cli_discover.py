@@ -131,6 +131,28 @@ def test_decompose_json(capsys: pytest.CaptureFixture[str], acts: Path, tmp_path
     assert res["loss_clean"] != res["loss_spliced"] and res["heldout_docs"] == 3
     loaded = dictionaries.load(out)
     assert loaded.n_components_ == 8 and loaded.info_.layer == 1
+    assert res["input_hygiene"]["scale"] == "standardize" and loaded.scaler_ is not None
+    raw = _json(
+        capsys,
+        [
+            "decompose",
+            "--acts",
+            str(acts),
+            "--layer",
+            "1",
+            "--k",
+            "8",
+            "--max-norm-ratio",
+            "0",
+            "--scale",
+            "none",
+            "--out",
+            str(tmp_path / "raw"),
+        ],
+    )
+    assert raw["input_hygiene"]["max_norm_ratio"] is None
+    assert raw["input_hygiene"]["dropped_norm"] == 0
+    assert dictionaries.load(tmp_path / "raw").scaler_ is None
     assert json.loads((out / "quality.json").read_text())["fve"] == res["fve"]
     # Backend hyperparameters go through --param; a human-readable summary without --json.
     assert (

@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from dictionaries.scaling import SCALES
+from workbench.decompose.hygiene import DEFAULT_MAX_NORM_RATIO, DEFAULT_SCALE, Hygiene
 from workbench.errors import WorkbenchError, check
 from workbench.parse import parse_params
 
@@ -33,6 +35,34 @@ def check_out(path: Path, overwrite: bool, acts: str | Path | None = None) -> No
         )
 
 
+def add_hygiene_arguments(hyg: argparse._ArgumentGroup) -> None:
+    """``--max-norm-ratio``, ``--skip-first``, ``--scale`` (shared with ``discover``)."""
+    hyg.add_argument(
+        "--max-norm-ratio",
+        type=float,
+        default=DEFAULT_MAX_NORM_RATIO,
+        help="drop rows whose norm exceeds this multiple of the median row norm (the massive "
+        f"first-token activations); 0 keeps every row (default {DEFAULT_MAX_NORM_RATIO:g})",
+    )
+    hyg.add_argument(
+        "--skip-first", type=int, default=0, help="drop the first N real tokens of each document"
+    )
+    hyg.add_argument(
+        "--scale",
+        choices=SCALES,
+        default=DEFAULT_SCALE,
+        help=f"fit in this space (default {DEFAULT_SCALE}); vectors are mapped back to the "
+        "model's space as decoder directions",
+    )
+
+
+def hygiene_from(args: argparse.Namespace) -> Hygiene:
+    """The :class:`Hygiene` the options describe (``--max-norm-ratio 0`` keeps every row)."""
+    return Hygiene(
+        max_norm_ratio=args.max_norm_ratio or None, skip_first=args.skip_first, scale=args.scale
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--acts", required=True, help="activation store (workbench capture)")
     parser.add_argument("--layer", type=int, required=True, help="stored layer to decompose")
@@ -48,6 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of documents held out")
     parser.add_argument("--n-texts", type=int, default=32, help="held-out texts for the loss")
     parser.add_argument("--no-loss", action="store_true", help="skip the spliced losses (no model)")
+    add_hygiene_arguments(parser.add_argument_group("input hygiene (before the fit)"))
     parser.add_argument("--out", required=True, help="folder for the dictionary and quality.json")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -73,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     docs = heldout_docs(store, args.holdout)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit_from_store(dictionary, store, args.layer, exclude_docs=docs)
+        fit_from_store(dictionary, store, args.layer, exclude_docs=docs, hygiene=hygiene_from(args))
         model = None
         if not args.no_loss:
             name = store.manifest.get("model")
@@ -107,6 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "heldout_docs": quality["heldout_docs"],
         "heldout_rows": quality["heldout_rows"],
         "dropped_nonfinite_rows": dropped,
+        "input_hygiene": dictionary.fit_stats_.get("input"),
         "notes": notes + ([quality["note"]] if "note" in quality else []),
         "out": str(out),
     }

@@ -16,15 +16,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import dictionaries
-from dictionaries.scaling import SCALES
 from workbench.activations.capture import capture
 from workbench.activations.store import ActivationStore
-from workbench.commands.decompose import check_out
+from workbench.commands.decompose import add_hygiene_arguments, check_out, hygiene_from
 from workbench.corpora import load_corpus
 from workbench.decompose.concepts import Concepts, concept_report, load_concepts
 from workbench.decompose.discover import RANKINGS, discover
 from workbench.decompose.fit import fit_from_store, make_dictionary
-from workbench.decompose.hygiene import DEFAULT_MAX_NORM_RATIO, DEFAULT_SCALE, Hygiene
+from workbench.decompose.hygiene import Hygiene
 from workbench.decompose.trials import TrialSettings
 from workbench.errors import check
 from workbench.io import atomic_path
@@ -74,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--positions", default="all", choices=("all", "last", "mean"))
     parser.add_argument("--max-tokens", type=int, default=64, help="cut captured documents")
-    _add_hygiene_arguments(parser.add_argument_group("input hygiene (before the fit)"))
+    add_hygiene_arguments(parser.add_argument_group("input hygiene (before the fit)"))
     _add_trial_arguments(parser.add_argument_group("calibration and ranking"))
     parser.add_argument(
         "--contrast",
@@ -89,26 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-
-
-def _add_hygiene_arguments(hyg: argparse._ArgumentGroup) -> None:
-    hyg.add_argument(
-        "--max-norm-ratio",
-        type=float,
-        default=DEFAULT_MAX_NORM_RATIO,
-        help="drop rows whose norm exceeds this multiple of the median row norm (the massive "
-        f"first-token activations); 0 keeps every row (default {DEFAULT_MAX_NORM_RATIO:g})",
-    )
-    hyg.add_argument(
-        "--skip-first", type=int, default=0, help="drop the first N real tokens of each document"
-    )
-    hyg.add_argument(
-        "--scale",
-        choices=SCALES,
-        default=DEFAULT_SCALE,
-        help=f"fit in this space (default {DEFAULT_SCALE}); vectors are mapped back to the "
-        "model's space as decoder directions",
-    )
 
 
 def _add_trial_arguments(trial: argparse._ArgumentGroup) -> None:
@@ -272,9 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     name = args.model
     site = args.site or "resid_pre"
-    hygiene = Hygiene(
-        max_norm_ratio=args.max_norm_ratio or None, skip_first=args.skip_first, scale=args.scale
-    )
+    hygiene = hygiene_from(args)
     settings = TrialSettings(
         damage_budget=args.damage_budget,
         n_prompts=args.n_prompts,
