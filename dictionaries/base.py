@@ -404,13 +404,6 @@ class Dictionary(ABC):
         return obj
 
 
-def unit_rows(M: np.ndarray) -> np.ndarray:
-    """Rows of ``M`` scaled to unit norm, as float32 (zero rows stay zero)."""
-    M64 = np.asarray(M, dtype=np.float64)
-    norms = np.linalg.norm(M64, axis=1, keepdims=True)  # (k, 1)
-    return (M64 / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-
-
 def to_tensor(a: np.ndarray) -> torch.Tensor:
     """A contiguous CPU tensor sharing ``a``'s dtype, for saving."""
     return torch.from_numpy(np.ascontiguousarray(a))

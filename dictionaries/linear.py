@@ -22,10 +22,9 @@ from dictionaries.base import (
     DictionaryInfo,
     as_matrix,
     to_tensor,
-    unit_rows,
 )
 from dictionaries.registry import register
-from dictionaries.scaling import InputScaler, Moments
+from dictionaries.scaling import InputScaler, Moments, unit_rows
 from workbench.errors import check
 
 

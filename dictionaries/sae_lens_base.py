@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dictionaries.base import Dictionary, unit_rows
+from dictionaries.base import Dictionary
+from dictionaries.scaling import unit_rows
 from workbench.errors import check
 from workbench.io import atomic_path
 

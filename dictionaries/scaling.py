@@ -171,7 +171,7 @@ class InputScaler:
 
         Moving ``z`` along ``C[i]`` moves ``x`` along row ``i``: what a steering vector adds.
         """
-        return _unit_rows(self._linear_inverse(np.asarray(C, dtype=np.float64)))
+        return unit_rows(self._linear_inverse(np.asarray(C, dtype=np.float64)))
 
     def encoder_directions(self, C: np.ndarray) -> np.ndarray:
         """Model-space reading directions ``(k, d)``: ``C[i] · z = (x - mean_) · row_i`` (up to
@@ -182,7 +182,7 @@ class InputScaler:
             R = R / self.scale_
         if self.axes_ is not None:
             R = R @ self.axes_
-        return _unit_rows(R)
+        return unit_rows(R)
 
     def _linear_inverse(self, C: np.ndarray) -> np.ndarray:
         self._check_fitted()
@@ -216,6 +216,8 @@ class InputScaler:
         return obj
 
 
-def _unit_rows(M: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(M, axis=1, keepdims=True)  # (k, 1)
-    return (M / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+def unit_rows(M: np.ndarray) -> np.ndarray:
+    """Rows of ``M`` scaled to unit norm, as float32 (zero rows stay zero)."""
+    M64 = np.asarray(M, dtype=np.float64)
+    norms = np.linalg.norm(M64, axis=1, keepdims=True)  # (k, 1)
+    return (M64 / np.where(norms > 0, norms, 1.0)).astype(np.float32)

@@ -15,8 +15,9 @@ import torch
 from sklearn.decomposition import MiniBatchDictionaryLearning, sparse_encode
 from sklearn.exceptions import ConvergenceWarning
 
-from dictionaries.base import Dictionary, to_tensor, unit_rows
+from dictionaries.base import Dictionary, to_tensor
 from dictionaries.registry import register
+from dictionaries.scaling import unit_rows
 from workbench.errors import check
 
 _ALGORITHMS = {"cd": "lasso_cd", "lars": "lasso_lars"}
