@@ -25,7 +25,9 @@ import numpy as np
 
 from dictionaries.base import Dictionary
 from workbench.activations.collect import collect
+from workbench.decompose.component_stats import doc_mean_codes
 from workbench.decompose.discover import Discovery
+from workbench.decompose.hygiene import norm_threshold
 from workbench.errors import WorkbenchError, check
 from workbench.model.hooks import Site
 from workbench.model.load import Model
@@ -86,16 +88,14 @@ def concept_report(
     acts = collect(model, concepts.texts, [site], positions="all")
     rows = acts.rows[site].flatten(1).float()  # (n_rows, width)
     owner = acts.owner.numpy()  # (n_rows,)
-    threshold = (dictionary.fit_stats_.get("input") or {}).get("norm_threshold")
+    threshold = norm_threshold(dictionary)
     keep = np.ones(len(owner), dtype=bool)
     if threshold is not None:
-        keep = rows.norm(dim=1).numpy() <= float(threshold)
-    n = len(concepts.texts)
-    covered = np.bincount(owner[keep], minlength=n) > 0  # texts with at least one kept row
-    check(bool(covered.any()), "every concept text is over the fit's norm threshold")
+        keep = rows.norm(dim=1).numpy() <= threshold
+    check(bool(keep.any()), "every concept text is over the fit's norm threshold")
     codes = dictionary.encode(rows[keep].numpy())  # (kept, k)
-    text_codes = _means(codes, owner[keep], n)[covered]  # (T, k)
-    text_acts = _means(rows[keep].double().numpy(), owner[keep], n)[covered]  # (T, width)
+    covered, text_codes = doc_mean_codes(codes, owner[keep])  # texts with a kept row; (T, k)
+    _, text_acts = doc_mean_codes(rows[keep].numpy(), owner[keep])  # (T, width)
     labels = np.asarray(concepts.labels)[covered]
     per_label = {}
     for name in concepts.names:
@@ -121,15 +121,7 @@ def concept_report(
             if o["label"] not in best or o["auroc"] > best[o["label"]]["auroc"]:
                 best[o["label"]] = {**o, "candidate": c.name, "rank": ranks[c.name]}
     return {
-        "texts": int(covered.sum()),
+        "texts": len(covered),
         "labels": concepts.names,
         "best": [best[name] for name in concepts.names if name in best],
     }
-
-
-def _means(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
-    """``(n, width)`` mean of ``values`` rows per owner (zeros for owners without rows)."""
-    sums = np.zeros((n, values.shape[1]))
-    np.add.at(sums, owner, values.astype(np.float64))
-    counts = np.bincount(owner, minlength=n)[:, None]
-    return sums / np.maximum(counts, 1)

@@ -42,7 +42,13 @@ from dictionaries.linear import PCA
 from dictionaries.pretrained import PretrainedSAE
 from dictionaries.quality import reconstruction_quality
 from workbench.activations.store import ActivationStore
-from workbench.decompose.hygiene import Hygiene, fit_scaler, outlier_rows, select_rows
+from workbench.decompose.hygiene import (
+    Hygiene,
+    fit_scaler,
+    norm_threshold,
+    outlier_rows,
+    select_rows,
+)
 from workbench.errors import check
 from workbench.measure.metrics import token_logprobs
 from workbench.model.hooks import Site, backend_for, hooks_applied
@@ -90,13 +96,13 @@ def _replacing(keep_first: int, replace: Replace) -> Callable[[torch.Tensor], to
 def _reconstruct(dictionary: Dictionary) -> Replace:
     """Rows over the norm threshold the dictionary was fitted with (:mod:`hygiene`) keep their
     clean activation, like BOS: the dictionary never saw such rows and says nothing of them."""
-    threshold = (dictionary.fit_stats_.get("input") or {}).get("norm_threshold")
+    threshold = norm_threshold(dictionary)
 
     def fn(flat: torch.Tensor) -> torch.Tensor:
         recon = torch.from_numpy(dictionary.reconstruct(flat.detach().cpu().numpy()))
         recon = recon.to(flat.device)  # (rows, width)
         if threshold is not None:
-            over = flat.norm(dim=-1) > float(threshold)  # (rows,)
+            over = flat.norm(dim=-1) > threshold  # (rows,)
             recon[over] = flat[over].to(recon.dtype)
         return recon
 

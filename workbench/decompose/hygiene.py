@@ -170,11 +170,17 @@ def fit_scaler(
     return scaler.finalize()
 
 
-def outlier_rows(dictionary: Dictionary, store: ActivationStore, layer: int) -> np.ndarray | None:
-    """``(n_rows,)`` bool: rows over the norm threshold the dictionary was fitted with (``None``
-    when it was fitted without one, e.g. outside :func:`workbench.decompose.fit.fit_from_store`)."""
+def norm_threshold(dictionary: Dictionary) -> float | None:
+    """The row-norm threshold ``dictionary`` was fitted with (``None`` when it was fitted without
+    one, e.g. outside :func:`workbench.decompose.fit.fit_from_store`)."""
     threshold = (dictionary.fit_stats_.get("input") or {}).get("norm_threshold")
+    return None if threshold is None else float(threshold)
+
+
+def outlier_rows(dictionary: Dictionary, store: ActivationStore, layer: int) -> np.ndarray | None:
+    """``(n_rows,)`` bool: rows over :func:`norm_threshold` (``None`` without a threshold)."""
+    threshold = norm_threshold(dictionary)
     if threshold is None:
         return None
     norms = row_norms(store, layer)
-    return ~(np.isfinite(norms) & (norms <= float(threshold)))
+    return ~(np.isfinite(norms) & (norms <= threshold))

@@ -25,6 +25,7 @@ import torch
 
 from dictionaries.base import Dictionary
 from workbench.activations.store import ActivationStore
+from workbench.decompose.hygiene import norm_threshold
 from workbench.errors import check
 from workbench.model.hooks import Site
 from workbench.model.load import Model
@@ -154,13 +155,13 @@ def component_codes(
         check(0 <= int(i) < k, f"component {i} is out of range: the dictionary has 0..{k - 1}")
     cols = np.asarray([int(i) for i in indices], dtype=np.int64)
     out = np.empty((store.n_rows, len(cols)), dtype=np.float32)
-    threshold = (dictionary.fit_stats_.get("input") or {}).get("norm_threshold")
+    threshold = norm_threshold(dictionary)
     start = 0
     for batch in store.iter_batches(layer, batch_size):  # (b, width)
         x = batch.numpy()
         finite = np.isfinite(x).all(axis=1)  # (b,)
         if threshold is not None:
-            finite &= np.linalg.norm(x.astype(np.float64), axis=1) <= float(threshold)
+            finite &= np.linalg.norm(x.astype(np.float64), axis=1) <= threshold
         codes = np.full((x.shape[0], len(cols)), np.nan, dtype=np.float32)
         if finite.any():
             codes[finite] = dictionary.encode(x[finite])[:, cols]
