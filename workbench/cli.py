@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import pkgutil
+import signal
 import sys
+import threading
 import warnings
 from types import ModuleType
 
@@ -47,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so it unwinds like Ctrl-C: every ``finally`` runs
+    and temporary outputs are removed."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def _quiet_transformers() -> None:
     # transformers may be imported already (command modules import it), so environment
     # variables come too late: switch its logging and weight-loading progress bars off directly.
@@ -74,14 +85,21 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         _quiet_transformers()
     mod = args._module
+    # Only the main thread may set handlers (main() also runs in threads, e.g. in tests).
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         result = mod.run(args)
     except WorkbenchError as e:
         print(f"workbench {mod.NAME}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"workbench {mod.NAME}: interrupted; completed work was kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"workbench {mod.NAME}: {how}; completed work was kept", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(json.dumps(result, default=str))
     else:

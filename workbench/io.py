@@ -11,7 +11,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,22 +32,41 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     Works for files and folders alike (the block decides what to create at the yielded path).
     """
     final = Path(path)
+    if final.name in ("", ".."):
+        raise WorkbenchError(f"cannot write to {path}: name a new file or folder inside it")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     target = tmp / final.name
     try:
         yield target
-        if final.is_dir() and target.is_dir():
-            # os.replace cannot replace a non-empty folder: move the old one aside first.
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(target, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(target, final)
+        with _signals_deferred():  # a Ctrl-C between the two renames would hide the old folder
+            if final.is_dir() and target.is_dir():
+                # os.replace cannot replace a non-empty folder: move the old one aside first.
+                old = final.with_name(f".{final.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                os.replace(target, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(target, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back until the block ends (main thread, POSIX; else a no-op)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:

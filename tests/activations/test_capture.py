@@ -231,6 +231,7 @@ def test_existing_store_is_never_silently_overwritten(tiny_model: Model, tmp_pat
     capture(tiny_model, DOCS[:3], [1], out=out, overwrite=True, progress_bar=False)
     assert ActivationStore.open(out).manifest["n_docs"] == 3
     assert sorted(p.name for p in out.iterdir()) == [
+        ".workbench",
         "docs.jsonl",
         "manifest.json",
         "shard-00000.safetensors",
@@ -239,7 +240,7 @@ def test_existing_store_is_never_silently_overwritten(tiny_model: Model, tmp_pat
 
 def test_a_foreign_folder_is_not_touched(tiny_model: Model, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(WorkbenchError, match="not an activation store"):
+    with pytest.raises(WorkbenchError, match="folder this workbench did not make"):
         capture(tiny_model, DOCS, [1], out=tmp_path, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 

@@ -34,7 +34,7 @@ from workbench.activations.batches import (
     token_counts,
 )
 from workbench.activations.store import DTYPES, FORMAT, VERSION
-from workbench.activations.writer import StoreWriter, check_destination
+from workbench.activations.writer import StoreWriter, claim_store
 from workbench.corpora import load_corpus
 from workbench.errors import check
 from workbench.model.hooks import Site, StopForward, backend_for, recording
@@ -163,22 +163,27 @@ def capture(
     backend = _choose_backend(model, site, backend)
     docs = load_corpus(corpus)
     path = Path(out).expanduser()
-    old = check_destination(path, resume=resume, overwrite=overwrite)
-    plan = _plan(model, docs, layer_list, site, positions, dtype, backend, batch_size, max_tokens)
-    manifest = _manifest(model, corpus, plan, max_tokens=max_tokens, shard_rows=shard_rows)
-    if old is not None:
-        writer = StoreWriter.resume(path, old, manifest)
-    else:
-        writer = StoreWriter.create(path, manifest, doc_records(model, docs, plan.first))
-    if plan.truncated:
-        log.info(
-            "%d documents were longer than %d tokens; truncated", len(plan.truncated), plan.limit
+    claim, old = claim_store(path, resume=resume, overwrite=overwrite)  # locked until returned
+    with claim:
+        plan = _plan(
+            model, docs, layer_list, site, positions, dtype, backend, batch_size, max_tokens
         )
-    if writer.complete:
-        return _result(writer.manifest, path, 0.0, resumed=True, already_complete=True)
-    resumed = writer.rows_stored > 0
-    elapsed = _run_batches(model, plan, writer, progress, progress_bar)
-    return _result(writer.manifest, path, elapsed, resumed=resumed, already_complete=False)
+        manifest = _manifest(model, corpus, plan, max_tokens=max_tokens, shard_rows=shard_rows)
+        if old is not None:
+            writer = StoreWriter.resume(path, old, manifest)
+        else:
+            writer = StoreWriter.create(path, manifest, doc_records(model, docs, plan.first))
+        if plan.truncated:
+            log.info(
+                "%d documents were longer than %d tokens; truncated",
+                len(plan.truncated),
+                plan.limit,
+            )
+        if writer.complete:
+            return _result(writer.manifest, path, 0.0, resumed=True, already_complete=True)
+        resumed = writer.rows_stored > 0
+        elapsed = _run_batches(model, plan, writer, progress, progress_bar)
+        return _result(writer.manifest, path, elapsed, resumed=resumed, already_complete=False)
 
 
 # --------------------------------------------------------------------------- checks and plan

@@ -21,8 +21,11 @@ from typing import Any
 import torch
 
 from workbench.activations.store import DOCS, FORMAT, MANIFEST, is_store, layer_key, shard_name
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, check
 from workbench.io import atomic_path, read_json, save_tensors, write_json
+from workbench.outputs import Output, check_output, claim_output, marker_kind, write_marker
+
+STORE_KIND = "activations"  # the kind in a store folder's workbench marker
 
 # Settings that must match for --resume to produce the same store as one uninterrupted run.
 RESUME_KEYS = (
@@ -36,7 +39,9 @@ RESUME_KEYS = (
     "shard_rows",
     "backend",
 )
-_OWN_FILE = re.compile(r"(manifest\.json|docs\.jsonl|shard-\d{5}\.safetensors|\..*\.tmp|\..*\.old)")
+_OWN_FILE = re.compile(
+    r"(manifest\.json|docs\.jsonl|shard-\d{5}\.safetensors|\.workbench|\..*\.tmp|\..*\.old)"
+)
 
 
 @dataclass
@@ -84,37 +89,58 @@ class RowBatch:
 
 
 def check_destination(path: Path, *, resume: bool, overwrite: bool) -> dict[str, Any] | None:
-    """Decide what to do with ``path`` before anything is written.
+    """Decide what to do with ``path`` before anything is written (without locking it).
 
     Returns the existing manifest when resuming a store, ``None`` for a fresh start; raises a
-    :class:`WorkbenchError` for a store that would be silently overwritten or a folder that is
-    not a store.
+    :class:`WorkbenchError` for a store that would be silently overwritten, or anything the
+    output policy of :mod:`workbench.outputs` refuses (a file, a foreign folder, ...).
     """
-    if resume and overwrite:
-        raise WorkbenchError("choose one of --resume and --overwrite, not both")
+    check(not (resume and overwrite), "choose one of --resume and --overwrite, not both")
     if path.exists() and not path.is_dir():
         raise WorkbenchError(f"--out {path} is a file; give a folder for the activation store")
-    if is_store(path):
-        if overwrite:  # before reading the manifest: a corrupt store must stay replaceable
-            return None
+    if is_store(path) and not (resume or overwrite):
         old = read_json(path / MANIFEST, "store manifest")
-        if resume:
-            if not isinstance(old, dict) or old.get("format") != FORMAT:
-                raise WorkbenchError(
-                    f"{path / MANIFEST} is not an activation-store manifest; use --overwrite"
-                )
-            return old
         state = "a complete" if isinstance(old, dict) and old.get("complete") else "an incomplete"
         raise WorkbenchError(
             f"{path} already holds {state} activation store; pass --resume to continue it, "
             "--overwrite to replace it, or choose another --out"
         )
-    if path.is_dir() and any(not _OWN_FILE.fullmatch(p.name) for p in path.iterdir()):
+    check_output(
+        path, kind=STORE_KIND, overwrite=overwrite, resume=resume, legacy=_made_before_markers
+    )
+    if not is_store(path) or overwrite:  # overwrite: a corrupt store must stay replaceable
+        return None
+    old = read_json(path / MANIFEST, "store manifest")
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
         raise WorkbenchError(
-            f"--out {path} is a non-empty folder that is not an activation store; "
-            "choose a new or empty folder"
+            f"{path / MANIFEST} is not an activation-store manifest; use --overwrite"
         )
-    return None
+    return dict(old)
+
+
+def claim_store(
+    path: Path, *, resume: bool, overwrite: bool
+) -> tuple[Output, dict[str, Any] | None]:
+    """Check ``path`` (:func:`check_destination`) and lock it against other writers.
+
+    Returns the claim (release it, or use it as a context manager, when the capture ends) and
+    the manifest to resume from, if any. A second writer is refused at once, naming the first.
+    """
+    check_destination(path, resume=resume, overwrite=overwrite)
+    claim = claim_output(
+        path, kind=STORE_KIND, overwrite=overwrite, resume=resume, legacy=_made_before_markers
+    )
+    try:  # again under the lock: the folder may have changed while we waited for nothing
+        old = check_destination(path, resume=resume, overwrite=overwrite)
+    except BaseException:
+        claim.release()
+        raise
+    return claim, old
+
+
+def _made_before_markers(path: Path) -> bool:
+    # Stores written before folders carried the marker, and folders holding only store files.
+    return is_store(path) or all(_OWN_FILE.fullmatch(p.name) for p in path.iterdir())
 
 
 def _remove_store_files(path: Path) -> None:
@@ -150,6 +176,7 @@ class StoreWriter:
         if path.is_dir():
             _remove_store_files(path)
         path.mkdir(parents=True, exist_ok=True)
+        write_marker(path, STORE_KIND)
         with atomic_path(path / DOCS) as tmp, tmp.open("w", encoding="utf-8") as f:
             for record in docs:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -171,6 +198,8 @@ class StoreWriter:
         for p in path.iterdir():  # temporary files left by a killed run
             if p.name.startswith(".") and p.name.endswith((".tmp", ".old")):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if marker_kind(path) is None:  # a store from before markers gets one
+            write_marker(path, STORE_KIND)
         return cls(path, old)
 
     @property

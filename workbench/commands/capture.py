@@ -9,7 +9,7 @@ from typing import Any
 
 from workbench.activations.batches import ROW_POSITIONS
 from workbench.activations.capture import DEFAULT_SHARD_ROWS, capture
-from workbench.activations.writer import check_destination
+from workbench.activations.writer import claim_store
 from workbench.errors import WorkbenchError
 from workbench.model.hooks import SITE_KINDS
 from workbench.model.load import DEFAULT_MODEL, load_model
@@ -71,8 +71,16 @@ def parse_layers(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     layers = parse_layers(args.layers)
-    # Read-only and cheap: refuse an existing store before spending seconds loading the model.
-    check_destination(Path(args.out).expanduser(), resume=args.resume, overwrite=args.overwrite)
+    # Claim (check and lock) the store before spending seconds loading the model; capture()
+    # claims it again, sharing this lock.
+    claim, _ = claim_store(
+        Path(args.out).expanduser(), resume=args.resume, overwrite=args.overwrite
+    )
+    with claim:
+        return _capture(args, layers)
+
+
+def _capture(args: argparse.Namespace, layers: list[int]) -> dict[str, Any]:
     model = load_model(args.model)
     try:
         result = capture(
