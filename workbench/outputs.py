@@ -131,8 +131,8 @@ def check_output(
     )
     if not (overwrite or resume):
         raise WorkbenchError(
-            f"--out {given} already holds a workbench {kind} output; pass --overwrite to replace "
-            "it or choose another --out"
+            f"--out {given} already exists (a workbench {kind} output); pass --overwrite to "
+            "replace it or choose another --out"
         )
     return final
 

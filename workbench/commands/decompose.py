@@ -16,17 +16,19 @@ from typing import Any
 from dictionaries.scaling import SCALES
 from workbench.decompose.hygiene import DEFAULT_MAX_NORM_RATIO, DEFAULT_SCALE, Hygiene
 from workbench.errors import WorkbenchError, check
+from workbench.outputs import Output, claim_output
 from workbench.parse import parse_params
 
 NAME = "decompose"
 HELP = "fit a dictionary (pca, ica, dictlearn, sae, ...) on a stored layer and report its quality"
+KIND = "dictionary"  # the kind in --out's workbench marker
 
 
-def check_out(path: Path, overwrite: bool, acts: str | Path | None = None) -> None:
-    """Refuse to replace an existing, non-empty ``--out`` unless ``--overwrite`` is given, and
-    an ``--out`` holding the store ``acts`` (it would be deleted)."""
-    busy = path.exists() and (not path.is_dir() or any(path.iterdir()))
-    check(overwrite or not busy, f"{path} already exists: choose another --out or pass --overwrite")
+def check_out(path: Path, acts: str | Path | None = None) -> None:
+    """Refuse an ``--out`` that holds the store ``acts`` (replacing it would delete the store).
+
+    Everything else about ``--out`` is :func:`workbench.outputs.claim_output`'s policy.
+    """
     if acts is not None:
         src = Path(acts).resolve()
         check(
@@ -84,6 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    check_out(Path(args.out), args.acts)
+    with claim_output(args.out, kind=KIND, overwrite=args.overwrite) as out:
+        return _decompose(args, out)
+
+
+def _decompose(args: argparse.Namespace, out: Output) -> dict[str, Any]:
     import warnings
 
     from workbench.activations.store import ActivationStore
@@ -93,11 +101,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         heldout_docs,
         make_dictionary,
     )
-    from workbench.io import atomic_path, write_json
+    from workbench.io import write_json
     from workbench.model.load import load_model
 
-    out = Path(args.out)
-    check_out(out, args.overwrite, args.acts)
     store = ActivationStore.open(args.acts)
     store.check_layer(args.layer)
     dictionary = make_dictionary(args.method, args.k, parse_params(args.param))
@@ -140,9 +146,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dropped_nonfinite_rows": dropped,
         "input_hygiene": dictionary.fit_stats_.get("input"),
         "notes": notes + ([quality["note"]] if "note" in quality else []),
-        "out": str(out),
+        "out": str(args.out),
     }
-    with atomic_path(out) as tmp:
+    with out.staged() as tmp:
         dictionary.save(tmp)
         write_json(tmp / "quality.json", {**quality, **result})
     return result

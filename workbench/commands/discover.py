@@ -26,9 +26,9 @@ from workbench.decompose.fit import fit_from_store, make_dictionary
 from workbench.decompose.hygiene import Hygiene
 from workbench.decompose.trials import TrialSettings
 from workbench.errors import check
-from workbench.io import atomic_path
 from workbench.model.hooks import SITE_KINDS
 from workbench.model.load import DEFAULT_MODEL, Model
+from workbench.outputs import claim_output
 from workbench.parse import parse_params
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 NAME = "discover"
 HELP = "find candidate steering vectors: decompose a layer's activations and rank the components"
+KIND = "discover"  # the kind in --out's workbench marker
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,53 +141,56 @@ def run_discovery(
     contrast: str | None = None,
     overwrite: bool = False,
 ) -> Discovery:
-    """The whole ``discover`` pipeline on a loaded model; writes folder ``out`` atomically."""
+    """The whole ``discover`` pipeline on a loaded model; writes folder ``out`` atomically.
 
+    ``out`` is claimed (checked and locked) first, so nothing runs for an ``out`` that would be
+    refused or that another run is writing.
+    """
     final = Path(out)
-    check_out(final, overwrite, acts)
-    check((corpus is None) != (acts is None), "give exactly one of --corpus and --acts")
-    labelled = load_concepts(concepts) if isinstance(concepts, str) else concepts
-    fitted = _dictionary(model, dictionary, method, k, params, site)
-    model.check_layer(layer)
-    _check_contrast(rank_by, contrast, corpus)
-    docs, target_docs = _documents(corpus, contrast, k, dictionary is None)
-    with atomic_path(final) as tmp:
-        tmp.mkdir(parents=True)
-        if acts is None:
-            capture(
+    check_out(final, acts)
+    with claim_output(out, kind=KIND, overwrite=overwrite) as claim:
+        check((corpus is None) != (acts is None), "give exactly one of --corpus and --acts")
+        labelled = load_concepts(concepts) if isinstance(concepts, str) else concepts
+        fitted = _dictionary(model, dictionary, method, k, params, site)
+        model.check_layer(layer)
+        _check_contrast(rank_by, contrast, corpus)
+        docs, target_docs = _documents(corpus, contrast, k, dictionary is None)
+        with claim.staged() as tmp:
+            if acts is None:
+                capture(
+                    model,
+                    docs,
+                    [layer],
+                    site=site,
+                    positions=positions,
+                    max_tokens=max_tokens,
+                    out=tmp / "acts",
+                    progress_bar=False,
+                )
+            store = ActivationStore.open(tmp / "acts" if acts is None else acts)
+            _check_docs(len(store.docs()), k, dictionary is None)
+            if dictionary is None:
+                fit_from_store(fitted, store, layer, hygiene=hygiene)
+            fitted.save(tmp / "dictionary")
+            result = discover(
                 model,
-                docs,
-                [layer],
-                site=site,
-                positions=positions,
-                max_tokens=max_tokens,
-                out=tmp / "acts",
-                progress_bar=False,
+                fitted,
+                store,
+                layer=layer,
+                settings=settings,
+                rank_by=rank_by,
+                target_docs=target_docs,
             )
-        store = ActivationStore.open(tmp / "acts" if acts is None else acts)
-        _check_docs(len(store.docs()), k, dictionary is None)
-        if dictionary is None:
-            fit_from_store(fitted, store, layer, hygiene=hygiene)
-        fitted.save(tmp / "dictionary")
-        result = discover(
-            model,
-            fitted,
-            store,
-            layer=layer,
-            settings=settings,
-            rank_by=rank_by,
-            target_docs=target_docs,
-        )
-        result.extra = {
-            "store": str(final / "acts") if acts is None else str(acts),
-            "dictionary": str(final / "dictionary"),
-            "dropped_nonfinite_rows": int(fitted.fit_stats_.get("dropped_nonfinite_rows", 0)),
-        }
-        if contrast is not None:
-            result.extra["contrast"] = {"target": corpus, "contrast": contrast}
-        if labelled is not None:
-            result.extra["concepts"] = concept_report(model, fitted, result, labelled)
-        result.save(tmp, record_as=final)
+            result.extra = {
+                "store": str(final / "acts") if acts is None else str(acts),
+                "dictionary": str(final / "dictionary"),
+                "dropped_nonfinite_rows": int(fitted.fit_stats_.get("dropped_nonfinite_rows", 0)),
+            }
+            if contrast is not None:
+                result.extra["contrast"] = {"target": corpus, "contrast": contrast}
+            if labelled is not None:
+                result.extra["concepts"] = concept_report(model, fitted, result, labelled)
+            result.save(tmp, record_as=final)
     return result
 
 
@@ -241,9 +245,7 @@ def _check_docs(n_docs: int, k: int, fitting: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from workbench.activations.store import ActivationStore
     from workbench.decompose.trials import TrialSettings
-    from workbench.model.load import load_model
 
     check(
         (args.corpus is None) != (args.acts is None),
@@ -262,6 +264,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     concepts = load_concepts(args.concepts) if args.concepts is not None else None
     _check_contrast(args.rank_by, args.contrast, args.corpus)
+    # Claimed before the store is read and the model loaded; run_discovery shares the lock.
+    check_out(Path(args.out), args.acts)
+    with claim_output(args.out, kind=KIND, overwrite=args.overwrite):
+        return _run(args, name, site, hygiene, settings, concepts)
+
+
+def _run(
+    args: argparse.Namespace,
+    name: str | None,
+    site: str,
+    hygiene: Hygiene,
+    settings: TrialSettings,
+    concepts: Concepts | None,
+) -> dict[str, Any]:
+    from workbench.activations.store import ActivationStore
+    from workbench.model.load import load_model
+
     if args.acts is not None:
         store = ActivationStore.open(args.acts)
         store.check_layer(args.layer)
