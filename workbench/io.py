@@ -98,6 +98,10 @@ def save_tensors(
     The metadata dict is stored under the header key ``"workbench"`` as a JSON string, so a single
     file carries everything needed to reuse it safely.
     """
+    if Path(path).is_dir():  # before the work of serialising, not at the final rename
+        raise WorkbenchError(
+            f"{path} is a folder; save to a file name such as {Path(path) / 'out.safetensors'}"
+        )
     header = {"workbench": json.dumps(dict(metadata or {}))}
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:

@@ -17,10 +17,12 @@ from workbench.corpora import load_text_set
 from workbench.errors import check
 from workbench.model.hooks import Site
 from workbench.model.load import DEFAULT_MODEL, Model, load_model
+from workbench.outputs import claim_output
 from workbench.vectors.vector import SteeringVector
 
 NAME = "vector"
 HELP = "build steering vectors (prompts, datasets, probe, ITI heads, dictionaries, random) and inspect them"
+KIND = "vector"  # what --out holds, for the output policy
 
 Handler = Callable[[argparse.Namespace], dict[str, Any]]
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -116,7 +118,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     handler: Handler = args._vector_handler
-    return handler(args)
+    if getattr(args, "out", None) is None:  # `info` writes nothing
+        return handler(args)
+    # Checked and locked before the model loads; the handler writes the file atomically.
+    with claim_output(_out_path(args), kind=KIND, overwrite=args.overwrite, file=True):
+        return handler(args)
 
 
 # --------------------------------------------------------------------------- handlers
@@ -126,10 +132,6 @@ def _out_path(args: argparse.Namespace) -> Path:
     path = Path(args.out)
     if path.suffix != ".safetensors":
         path = Path(f"{path}.safetensors")  # as SteeringVector.save names it
-    check(
-        args.overwrite or not path.exists(),
-        f"{path} already exists: choose another --out or pass --overwrite",
-    )
     return path
 
 
