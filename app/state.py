@@ -7,7 +7,7 @@ the same vector built twice hits the cache.
 
 Environment: ``WORKBENCH_APP_MODEL`` names the model preselected when a session starts (tests
 point it at a tiny model folder); ``WORKBENCH_APP_DIR`` is where captures, dictionaries and
-saved vectors go (default ``runs/app``).
+saved vectors go (default ``runs/app``), inside the workspace root (:mod:`app.paths`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 import streamlit as st
 
+from app.paths import inside_root
 from workbench.model.load import DEFAULT_MODEL, Model, load_model
 from workbench.steer.plan import SteeringPlan
 from workbench.vectors.vector import SteeringVector
@@ -54,8 +55,8 @@ def model_name() -> str:
 
 
 def workdir() -> Path:
-    """Folder for the app's captures, dictionaries and vectors."""
-    return Path(os.environ.get(ENV_DIR) or "runs/app").expanduser()
+    """Folder for the app's captures, dictionaries and vectors (inside the workspace root)."""
+    return inside_root(os.environ.get(ENV_DIR) or "runs/app", "work folder")
 
 
 def stores() -> list[Path]:

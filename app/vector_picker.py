@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from app import results, state
+from app.paths import corpus_inside_root, inside_root
 from app.widgets import preset
 from workbench.activations.batches import ROW_POSITIONS
 from workbench.errors import WorkbenchError, check
@@ -83,7 +84,13 @@ def vector_picker(
         )
         return VectorChoice(
             f"{pos_set.removeprefix('builtin:')}-{neg_set.removeprefix('builtin:')}@{layer}",
-            lambda: results.vector_from_datasets(name, pos_set, neg_set, layer, positions),
+            lambda: results.vector_from_datasets(
+                name,
+                corpus_inside_root(pos_set, "positive texts"),
+                corpus_inside_root(neg_set, "negative texts"),
+                layer,
+                positions,
+            ),
             layer,
         )
     if source == "Saved file":
@@ -118,4 +125,4 @@ def vector_picker(
 def _file_vector(path: str) -> SteeringVector:
     if not path:
         raise WorkbenchError("no vector file given; type the path of a .safetensors vector")
-    return results.load_vector(path)
+    return results.load_vector(str(inside_root(path, "vector file")))

@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import results, state
+from app.paths import corpus_inside_root, inside_root
 from app.widgets import attempt
 from workbench.activations.batches import ROW_POSITIONS
 from workbench.activations.capture import CaptureProgress, capture
@@ -106,7 +107,7 @@ if st.button("Capture", type="primary", disabled=spec is None, key="data_capture
             f"{p.tokens_per_s:,.0f} tokens/s",
         )
 
-    docs = attempt(load_corpus, spec, limit=int(limit) or None)
+    docs = attempt(lambda: load_corpus(corpus_inside_root(spec or ""), limit=int(limit) or None))
     result = None
     if docs is not None:
         result = attempt(
@@ -117,7 +118,7 @@ if st.button("Capture", type="primary", disabled=spec is None, key="data_capture
             site=site,
             positions=positions,
             max_tokens=int(max_tokens),
-            out=out,
+            out=inside_root(out, "store folder"),
             overwrite=overwrite,
             progress=show,
             progress_bar=False,
@@ -140,11 +141,11 @@ typed_store = st.text_input(
     "Use an existing store", value=st.session_state.get(state.STORE_PATH, ""), key="store_in"
 )
 new_store = typed_store and typed_store != st.session_state.get(state.STORE_PATH)
-if new_store and attempt(ActivationStore.open, typed_store) is not None:
+if new_store and attempt(lambda: ActivationStore.open(inside_root(typed_store, "store"))):
     st.session_state[state.STORE_PATH] = typed_store
 store_path = st.session_state.get(state.STORE_PATH)
 if store_path:
-    store = attempt(ActivationStore.open, store_path)
+    store = attempt(lambda: ActivationStore.open(inside_root(str(store_path), "store")))
     if store is not None:
         m = store.manifest
         st.write(

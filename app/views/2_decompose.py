@@ -9,6 +9,7 @@ import streamlit as st
 
 import dictionaries
 from app import results, state
+from app.paths import inside_root
 from app.widgets import attempt, marked_context_html, token_chips
 from dictionaries.scaling import SCALES
 from workbench.activations.store import ActivationStore
@@ -30,7 +31,7 @@ if not options:
     st.stop()
 store_path = st.selectbox("Activation store", options, key="dec_store")
 st.session_state[state.STORE_PATH] = store_path
-store = attempt(ActivationStore.open, store_path)
+store = attempt(lambda: ActivationStore.open(inside_root(store_path, "store")))
 if store is None:
     st.stop()
 st.caption(

@@ -9,6 +9,7 @@ from typing import Any
 import streamlit as st
 
 from app import results, state
+from app.paths import save_vector
 from app.vector_picker import vector_picker
 from app.widgets import attempt, completion_box, preset, token_passage_html
 from workbench.steer.plan import STEER_POSITIONS, PlanEntry, SteeringPlan
@@ -197,6 +198,6 @@ if last and last["model"] == model.name:
         st.success(f"Kept {label!r}.")
     if k3.button("Save file", key="steer_save"):
         dest = state.workdir() / "vectors" / f"{state.slug(label)}.safetensors"
-        saved = attempt(last["vector"].save, dest)
+        saved = attempt(save_vector, last["vector"], dest)
         if saved is not None:
             st.success(f"Saved to {saved}")

@@ -42,6 +42,7 @@ def at(tiny_model: Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ap
     """The app pointed at the tiny model (already loaded in this process), writing to tmp."""
     monkeypatch.setenv("WORKBENCH_APP_MODEL", tiny_model.name)
     monkeypatch.setenv("WORKBENCH_APP_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("WORKBENCH_APP_ROOT", str(tmp_path))  # the workspace root
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     test = AppTest.from_file(str(MAIN), default_timeout=60)
     test.run()
@@ -159,9 +160,12 @@ def test_bad_inputs_show_readable_errors(at: AppTest) -> None:
     assert any("a prompt is empty" in m for m in _errors(at))
 
     at.radio(key="steer_vec_src").set_value("Saved file").run()
-    at.text_input(key="steer_vec_file").set_value("/nowhere/v.safetensors")
+    at.text_input(key="steer_vec_file").set_value("nowhere/v.safetensors")
     at.button(key="steer_go").click().run()
     assert any("vector file not found" in m for m in _errors(at))
+    at.text_input(key="steer_vec_file").set_value("/nowhere/v.safetensors")
+    at.button(key="steer_go").click().run()
+    assert any("outside the workspace root" in m for m in _errors(at))
 
     _open(at, "data")
     at.multiselect(key="data_layers").set_value([])

@@ -3,7 +3,8 @@
 The dashboard is a thin layer over the same library functions as the other verbs. It binds to
 127.0.0.1 unless ``--host`` says otherwise (it runs models and writes files on this machine, so
 exposing it is the user's explicit choice), and runs headless: it prints its address instead of
-opening a browser.
+opening a browser. It works inside one workspace root (``--root``, default the current folder):
+every corpus, store, vector and output path a page reads or writes must lie inside it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ HELP = "start the dashboard in a local web server (Streamlit)"
 
 ENV_MODEL = "WORKBENCH_APP_MODEL"  # read by app/state.py
 ENV_DIR = "WORKBENCH_APP_DIR"
+ENV_ROOT = "WORKBENCH_APP_ROOT"  # read by app/paths.py
 
 
 def main_script() -> Path:
@@ -51,8 +53,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workdir",
         default=None,
-        help=f"folder for captures and vectors (default runs/app; ${ENV_DIR})",
+        help=f"folder for captures and vectors, inside --root (default runs/app; ${ENV_DIR})",
     )
+    parser.add_argument(
+        "--root",
+        default=".",
+        help="workspace root: the dashboard reads and writes only inside this folder "
+        "(default: the current folder)",
+    )
+
+
+def workspace(args: argparse.Namespace) -> dict[str, str]:
+    """The environment entries that confine the dashboard: the resolved root and work folder.
+
+    Refuses a root that is not a folder and a ``--workdir`` outside the root.
+    """
+    root = Path(args.root).expanduser().resolve()
+    if not root.is_dir():
+        raise WorkbenchError(f"--root {args.root} is not a folder; give an existing folder")
+    env = {ENV_ROOT: str(root)}
+    if args.workdir:
+        work = Path(args.workdir).expanduser()
+        work = (work if work.is_absolute() else root / work).resolve()
+        if work != root and root not in work.parents:
+            raise WorkbenchError(
+                f"--workdir {args.workdir} is outside --root {root}; choose a folder inside it"
+            )
+        env[ENV_DIR] = str(work)
+    return env
 
 
 def streamlit_command(args: argparse.Namespace) -> list[str]:
@@ -82,14 +110,18 @@ def streamlit_command(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cmd = streamlit_command(args)
-    env = dict(os.environ)
+    confined = workspace(args)
+    env = {**os.environ, **confined}
     if args.model:
         env[ENV_MODEL] = args.model
-    if args.workdir:
-        env[ENV_DIR] = args.workdir
     url = f"http://{args.host}:{args.port}"
-    print(f"workbench app: serving the dashboard at {url} (Ctrl-C stops it)", file=sys.stderr)
-    proc = subprocess.Popen(cmd, env=env)
+    print(
+        f"workbench app: serving the dashboard at {url} over {confined[ENV_ROOT]} "
+        "(Ctrl-C stops it)",
+        file=sys.stderr,
+    )
+    # Started in the root, so relative paths typed in a page mean the same as in app/paths.py.
+    proc = subprocess.Popen(cmd, env=env, cwd=confined[ENV_ROOT])
     # A terminated `workbench app` must not leave the server behind.
     previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     try:
