@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from workbench.errors import check
 from workbench.experiments.overshoot import OvershootThresholds
+from workbench.measure.controls import CONTROL_WORDS, DEFAULT_CONTROLS, check_controls
 from workbench.measure.effects import (
     DEFAULT_NEUTRAL,
     DEFAULT_OFF_TARGET,
@@ -19,7 +21,7 @@ from workbench.measure.effects import (
     target_set,
 )
 from workbench.model.load import Model
-from workbench.parse import number
+from workbench.parse import integer, number
 from workbench.steer.sampling import ACTADD
 from workbench.vectors.vector import SteeringVector
 
@@ -69,6 +71,24 @@ def add_effect_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_control_arguments(parser: argparse.ArgumentParser) -> None:
+    """Matched controls: how many, and the seed that draws them."""
+    parser.add_argument(
+        "--controls",
+        default=str(DEFAULT_CONTROLS),
+        help=f"matched controls per vector (default {DEFAULT_CONTROLS}; 0: none): control-word "
+        f"vectors for prompt pairs (from {len(CONTROL_WORDS)} built-in words), norm-matched "
+        "random vectors otherwise",
+    )
+    parser.add_argument("--control-seed", default="0", help="seed that draws the controls")
+
+
+def controls(args: argparse.Namespace) -> tuple[int, int]:
+    """``(--controls, --control-seed)`` checked."""
+    k = check_controls(integer(args.controls, "--controls", 0))
+    return k, integer(args.control_seed, "--control-seed", 0)
+
+
 def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-ppl-ratio", default="1.2", help="damage: off-target ppl ratio above")
     parser.add_argument(
@@ -91,3 +111,20 @@ def words_targets(model: Model, text: str | None, name: str = "target") -> list[
 def progress(msg: str) -> None:
     """Progress lines go to stderr, so ``--json`` output stays one object on stdout."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def control_lines(matched: dict[str, Any] | None) -> list[str]:
+    """The matched controls in words: the effect's rank and the specificity verdict."""
+    if not matched:
+        return []
+    lines = []
+    eff = matched.get("effect") or {}
+    if matched.get("k") and eff.get("vector") is not None:
+        lines.append(
+            f"  vs {matched['k']} {matched['kind']} controls on {eff['measure']}: vector "
+            f"{eff['vector']:.4g}, controls {', '.join(f'{c:.3g}' for c in eff['controls'])} "
+            f"(beats {eff['beats']} of {len(eff['controls'])})"
+        )
+    if matched.get("specificity"):
+        lines.append("Specificity: " + matched["specificity"]["verdict"])
+    return lines

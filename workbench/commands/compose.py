@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from workbench.commands._measure_args import (
+    add_control_arguments,
     add_text_arguments,
+    controls,
     load_vector,
     progress,
 )
@@ -64,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default=None, help="folder for compose.json and report.html")
     add_text_arguments(parser, n_default=0)
+    add_control_arguments(parser)
 
 
 def assign(tagged: list[tuple[int, Any]] | None, n: int, flag: str) -> list[Any]:
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per = {f: assign(getattr(args, f), n, "--" + f.replace("_", "-")) for f in PER_VECTOR}
     missing = [i + 1 for i, c in enumerate(per["coeff"]) if c is None]
     check(not missing, f"vectors {missing} have no --coeff; give one --coeff per --vector")
+    k, control_seed = controls(args)
     vectors = [load_vector(p) for p in args.vector]
     model = load_model(args.model or vectors[0].model)
     labels = [Path(p).name for p in args.vector]
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         it.metric(args.sampled)  # a vector without a metric fails here, before any model run
     targets = [it.targets for it in items if it.targets is not None]
     spec = build_spec(args, targets, sentiment=any(it.score == "sentiment" for it in items))
-    progress(f"composing {n} vectors on {model.name}")
+    progress(f"composing {n} vectors on {model.name} ({k} controls each)")
     data = run_compose(
         model,
         items,
@@ -118,6 +122,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         units=args.units,
         orthogonalize=args.orthogonalize,
         sampled=args.sampled,
+        controls=k,
+        control_seed=control_seed,
     )
     if args.out:
         data["files"] = write_run(args.out, data)
@@ -134,6 +140,7 @@ def render(result: dict[str, Any]) -> str:
             f"{alone['value']:.3g}, combined {comb['value']:.3g}, retention "
             f"{result['retention'][i]:.3g}{flag}"
         )
+    lines += [f"  {v}" for v in result.get("verdicts", [])]
     lines.append("Interference (row i with column j): ")
     lines += ["  " + " ".join(f"{x:7.3f}" for x in row) for row in result["interference"]]
     lines.append("Cosine (same layer only): ")

@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from workbench.commands._measure_args import (
+    add_control_arguments,
     add_effect_arguments,
     add_text_arguments,
+    control_lines,
+    controls,
     load_vector,
     words_targets,
 )
@@ -39,10 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="folder for measure.json and report.html")
     add_effect_arguments(parser)
     add_text_arguments(parser)
+    add_control_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     coeff = number(args.coeff, "--coeff")
+    k, control_seed = controls(args)
     layer = None if args.layer is None else integer(args.layer, "--layer")
     vector = load_vector(args.vector)
     model = load_model(args.model or vector.model)
@@ -59,6 +64,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         layer=layer,
         units=args.units,
         position=args.position,
+        controls=k,
+        control_seed=control_seed,
         label=Path(args.vector).name,
     )
     if args.out:
@@ -87,6 +94,7 @@ def render(result: dict[str, Any]) -> str:
     for name in ("steered", "random", "injection"):
         if result.get(name):
             lines.append(_line(name, result[name]))
+    lines += control_lines(result.get("matched_controls"))
     top = result["steered"]["measures"].get("kl_top", [])[:5]
     if top:
         lines.append(

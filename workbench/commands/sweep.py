@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from workbench.commands._measure_args import (
+    add_control_arguments,
     add_effect_arguments,
     add_text_arguments,
     add_threshold_arguments,
+    control_lines,
+    controls,
     load_vector,
     progress,
     thresholds,
@@ -48,12 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_effect_arguments(parser)
     add_text_arguments(parser)
     add_threshold_arguments(parser)
+    add_control_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     coeffs = parse_coeffs(args.coeffs)
     layers = None if args.layers is None else parse_layers(args.layers)
+    k, control_seed = controls(args)
     config = SweepConfig(
         coeffs=coeffs,
         layers=layers,
@@ -61,6 +66,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         position=args.position,
         thresholds=thresholds(args),
         attention_prompts=integer(args.attention_prompts, "--attention-prompts", 0),
+        controls=k,
+        control_seed=control_seed,
     )
     vector = load_vector(args.vector)
     model = load_model(args.model or vector.model)
@@ -105,6 +112,7 @@ def render(result: dict[str, Any]) -> str:
         if c.get("injection"):
             parts.append(f"injection {c['injection']['effect']['value']:.3g}")
         lines.append(f"  controls at layer {c['layer']}, coeff {c['coeff']:g}: " + ", ".join(parts))
+        lines += ["  " + line for line in control_lines(c.get("matched"))]
     lines += [f"Note: {n}" for n in result.get("notes", [])]
     lines.append(f"Report: {result['files']['report']}")
     return "\n".join(lines)

@@ -12,7 +12,10 @@ default, or words per sampled completion, or sentiment) is read off every run, a
 * cosine similarity of the vectors that share a layer,
 
 next to the damage (off-target perplexity ratio, KL on neutral prompts) of the combination and
-of each vector alone. ``orthogonalize`` removes from each vector its components along the earlier
+of each vector alone. Retention and interference carry paired bootstrap intervals over prompts,
+and the same numbers are measured with matched controls composed in each vector's place
+(control-word vectors for prompt pairs, norm-matched random vectors otherwise; ``controls`` per
+vector), so "retains 80%" can be told from what any vector of that kind would do. ``orthogonalize`` removes from each vector its components along the earlier
 vectors at the same layer first (Gram-Schmidt in the order given).
 """
 
@@ -23,19 +26,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from workbench.errors import check
 from workbench.experiments.composition_math import cosine_matrix, interference_matrix, retention
+from workbench.measure.controls import DEFAULT_CONTROLS, Control, check_controls
 from workbench.measure.effects import (
     Condition,
     ConditionResult,
     MeasureSpec,
     Targets,
+    controls_for,
     measure,
     vector_at_layer,
 )
-from workbench.measure.stats import Estimate, estimate_diff
+from workbench.measure.stats import Estimate, bootstrap_ratio, estimate_diff
 from workbench.model.load import Model
 from workbench.steer.plan import PlanEntry
 from workbench.vectors.vector import SteeringVector
@@ -149,8 +155,15 @@ def run_compose(
     units: str = "raw",
     orthogonalize: bool = False,
     sampled: bool = False,
+    controls: int = DEFAULT_CONTROLS,
+    control_seed: int = 0,
 ) -> dict[str, Any]:
     """Measure the vectors alone, in pairs and all together; return the compose JSON.
+
+    With ``controls`` > 0, each vector also gets that many matched controls, each composed in
+    its place (at its layer and coefficient) with every other vector and with the rest of the
+    combination; the others' effects then give control retention and interference (the
+    ``controls`` key), measured on the prompts only (no damage texts).
 
     ``spec`` must include every item's ``targets`` (and ``sentiment`` if an item uses it).
     ``items`` are left as they are; an item without a label is called ``v1``, ``v2``, ... in
@@ -163,8 +176,13 @@ def run_compose(
         >>> data["retention"], data["interference"]                                # doctest: +SKIP
     """
     check(len(items) >= 2, "composition needs at least two vectors; give --vector twice")
+    check_controls(controls)
     items = _labelled(items)  # copies: the caller's items keep their (empty) labels
     vectors, layers, notes = _prepare(model, items, spec, sampled)
+    ctrl_sets = [
+        controls_for(model, v, layer, spec, controls, control_seed)
+        for v, layer in zip(vectors, layers, strict=True)
+    ]
     if orthogonalize:
         vectors = _orthogonalize(vectors, layers)
         notes.append("each vector was orthogonalized against the earlier ones at its layer")
@@ -172,13 +190,34 @@ def run_compose(
         PlanEntry(v, it.coeff, layers=[layer], position=it.position, units=units, label=it.label)
         for v, it, layer in zip(vectors, items, layers, strict=True)
     ]
-    conds = _conditions(items)
-    results, _ = measure(model, entries, conds, spec)
-    by = {c.coeffs: r for c, r in zip(conds, results, strict=True)}
+    ctrl_entries = [
+        PlanEntry(
+            c.vector,
+            0.0,
+            layers=[layers[j]],
+            position=entries[j].position,
+            units=units,
+            label=f"{items[j].label} control {c.label}",
+        )
+        for j, (cs, _) in enumerate(ctrl_sets)
+        for c in cs
+    ]
+    pad = (0.0,) * len(ctrl_entries)
+    conds = [replace(c, coeffs=c.coeffs + pad) for c in _conditions(items)]
+    results, base = measure(model, entries + ctrl_entries, conds, spec)
+    by = {c.coeffs[: len(items)]: r for c, r in zip(conds, results, strict=True)}
     metrics = [it.metric(sampled) for it in items]
     n = len(items)
     all_run = by[_coeffs(items, range(n))]
     alone_runs = [by[_coeffs(items, [k])] for k in range(n)]
+    summary = _summary(items, by, metrics)
+    ctrl_json = _controls(
+        model, items, entries + ctrl_entries, ctrl_sets, metrics, spec, base, by, sampled
+    )
+    ctrl_json["seed"] = control_seed
+    summary["verdicts"] = _verdicts(items, summary, ctrl_json)
+    for _, ctrl_notes in ctrl_sets:
+        notes += ctrl_notes
     return {
         "kind": "compose",
         "model": model.name,
@@ -196,7 +235,8 @@ def run_compose(
             }
             for it, v, layer, e, m in zip(items, vectors, layers, entries, metrics, strict=True)
         ],
-        **_summary(items, by, metrics),
+        **summary,
+        "controls": ctrl_json,
         "cosine": cosines(vectors, layers),
         "damage": _damage_json(all_run, alone_runs),
         "samples": _samples(conds, results, spec),
@@ -264,21 +304,149 @@ def _conditions(items: Sequence[ComposeItem]) -> list[Condition]:
     return [Condition(label, c) for c, label in runs.items()]
 
 
+def _effect_samples(r: ConditionResult, key: str) -> np.ndarray:
+    """Per-sample effect on ``key``: the paired difference from unsteered where there is one."""
+    return r.deltas[key] if key in r.deltas else r.rows[key]
+
+
+def _ci_json(e: Estimate | None, flip: bool = False) -> list[float] | None:
+    """``[low, high]`` of a ratio estimate, or of ``1 - ratio`` with ``flip``."""
+    if e is None:
+        return None
+    return [1.0 - e.high, 1.0 - e.low] if flip else [e.low, e.high]
+
+
 def _summary(
     items: Sequence[ComposeItem],
     by: dict[tuple[float, ...], ConditionResult],
     metrics: list[str],
 ) -> dict[str, Any]:
-    """Each vector's own effect alone, in pairs and all together, summarised (:func:`summarize`)."""
+    """Each vector's own effect alone, in pairs and all together, summarised (:func:`summarize`),
+    with paired bootstrap intervals of retention and interference."""
     n = len(items)
 
     def effect(k: int, active: Sequence[int]) -> Estimate:
         return by[_coeffs(items, active)].delta(metrics[k])
 
+    def ratio(k: int, active: Sequence[int]) -> Estimate | None:
+        num = _effect_samples(by[_coeffs(items, active)], metrics[k])
+        return bootstrap_ratio(num, _effect_samples(by[_coeffs(items, [k])], metrics[k]))
+
     alone = [effect(k, [k]) for k in range(n)]
     combined = [effect(k, range(n)) for k in range(n)]
     pairs = [[effect(i, [i, j]) if i != j else alone[i] for j in range(n)] for i in range(n)]
-    return summarize(alone, combined, pairs)
+    out = summarize(alone, combined, pairs)
+    out["retention_ci"] = [_ci_json(ratio(k, range(n))) for k in range(n)]
+    out["interference_ci"] = [
+        [None if i == j else _ci_json(ratio(i, [i, j]), flip=True) for j in range(n)]
+        for i in range(n)
+    ]
+    return out
+
+
+def _control_conditions(
+    items: Sequence[ComposeItem], ctrl_sets: list[tuple[list[Control], list[str]]]
+) -> tuple[list[Condition], dict[tuple[int, int, int], Condition]]:
+    """Conditions with control ``k`` of vector ``j`` in j's place: with each other vector i
+    alone (key ``(i, j, k)``) and, for three or more vectors, with all the others (key
+    ``(-1, j, k)``). Returns the unique conditions and the lookup."""
+    n = len(items)
+    offsets = np.cumsum([0] + [len(cs) for cs, _ in ctrl_sets]).tolist()
+    n_ctrl = offsets[-1]
+    runs: dict[tuple[float, ...], Condition] = {}
+    lookup: dict[tuple[int, int, int], Condition] = {}
+    for j, (cs, _) in enumerate(ctrl_sets):
+        for k, c in enumerate(cs):
+            slot = [0.0] * n_ctrl
+            slot[offsets[j] + k] = float(items[j].coeff)
+            with_sets = [(i, [i]) for i in range(n) if i != j]
+            if n > 2:
+                with_sets.append((-1, [i for i in range(n) if i != j]))
+            for key_i, active in with_sets:
+                coeffs = _coeffs(items, active) + tuple(slot)
+                label = " + ".join([items[a].label for a in active] + [f"control {c.label}"])
+                cond = runs.setdefault(coeffs, Condition(label, coeffs))
+                lookup[(key_i, j, k)] = cond
+    return list(runs.values()), lookup
+
+
+def _controls(
+    model: Model,
+    items: Sequence[ComposeItem],
+    entries: list[PlanEntry],
+    ctrl_sets: list[tuple[list[Control], list[str]]],
+    metrics: list[str],
+    spec: MeasureSpec,
+    base: Any,
+    by: dict[tuple[float, ...], ConditionResult],
+    sampled: bool,
+) -> dict[str, Any]:
+    """Retention and interference with controls composed in each vector's place."""
+    n = len(items)
+    k_max = max(len(cs) for cs, _ in ctrl_sets)
+    out: dict[str, Any] = {
+        "k": k_max,
+        "kind": [cs[0].kind if cs else None for cs, _ in ctrl_sets],
+        "items": [[c.to_json() for c in cs] for cs, _ in ctrl_sets],
+        "retention": [[] for _ in range(n)],
+        "interference": [[[] for _ in range(n)] for _ in range(n)],
+    }
+    if k_max == 0:
+        return out
+    conds, lookup = _control_conditions(items, ctrl_sets)
+    sentiment = any(it.score == "sentiment" for it in items)
+    cspec = replace(
+        spec,
+        on_target=[],
+        off_target=[],
+        neutral=[],
+        n=spec.n if (sampled or sentiment) else 0,
+    )
+    results, _ = measure(model, entries, conds, cspec, baseline=base)
+    res = {c.coeffs: r for c, r in zip(conds, results, strict=True)}
+    alone = [by[_coeffs(items, [i])].delta(metrics[i]).value for i in range(n)]
+
+    def kept(i: int, cond: Condition) -> float | None:
+        a = alone[i]
+        return None if abs(a) < 1e-6 else res[cond.coeffs].delta(metrics[i]).value / a
+
+    for (i, j, _k), cond in sorted(lookup.items()):
+        targets = [t for t in range(n) if t != j] if i == -1 else [i]
+        for t in targets:
+            r = kept(t, cond)
+            if r is None:
+                continue
+            if i != -1:
+                out["interference"][t][j].append(1.0 - r)
+            if i == -1 or n == 2:
+                out["retention"][t].append(r)
+    return out
+
+
+def _verdicts(
+    items: Sequence[ComposeItem], summary: dict[str, Any], ctrl: dict[str, Any]
+) -> list[str]:
+    """Per vector: its retention, interval, and where it falls among its controls' retention."""
+    out = []
+    for i, it in enumerate(items):
+        r, ci = summary["retention"][i], summary["retention_ci"][i]
+        head = f"{it.label} keeps {r:.2f}"
+        head += f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else " (its alone effect is ~0)"
+        head += " of its effect in the combination"
+        cr = ctrl["retention"][i]
+        if not cr or ci is None:
+            out.append(head + ("; no controls were run" if not cr else ""))
+            continue
+        lo, hi = min(cr), max(cr)
+        tail = f"; with controls in its partners' place it keeps {lo:.2f} to {hi:.2f}"
+        if ci[1] < lo:
+            tail += ": its partners interfere beyond what control vectors do"
+        elif ci[0] > hi:
+            tail += ": its partners help it beyond what control vectors do"
+        else:
+            tail += ": within what control vectors do, so the partners' effect is not specific"
+        out.append(head + tail)
+    return out
 
 
 def _damage(r: ConditionResult) -> dict[str, Any]:

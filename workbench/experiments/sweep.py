@@ -31,14 +31,18 @@ from workbench.errors import WorkbenchError, check
 from workbench.experiments.diagnostics import attention_to_steered, explain, norm_ratios
 from workbench.experiments.overshoot import Overshoot, OvershootThresholds, find_overshoot
 from workbench.experiments.sweep_files import append_record, prepare, read_done
+from workbench.measure.controls import DEFAULT_CONTROLS, check_controls
 from workbench.measure.effects import (
     Condition,
     ConditionResult,
     EffectSpec,
     MeasureSpec,
+    controls_for,
     injection_text,
     measure,
     result_summary,
+    run_controls,
+    specificity_of,
     vector_at_layer,
 )
 from workbench.measure.stats import Estimate
@@ -88,7 +92,9 @@ class SweepConfig:
     ``layers`` None: the vector's own layer (it must have one). ``units``: coefficients in
     ``raw`` multiples of the stored vector or in ``norm`` (residual-norm) units.
     ``attention_prompts``: prompts used for the attention diagnostic; ``samples_shown``: prompts
-    whose first completion is kept per coefficient.
+    whose first completion is kept per coefficient. ``controls``: matched controls run at each
+    layer's reference coefficient (control words for prompt pairs, random vectors otherwise);
+    ``control_seed`` draws them and the plain random control.
     """
 
     coeffs: list[float]
@@ -99,6 +105,7 @@ class SweepConfig:
     attention_prompts: int = 4
     samples_shown: int = 3
     control_seed: int = 0
+    controls: int = DEFAULT_CONTROLS
 
     def __post_init__(self) -> None:
         self.coeffs = parse_coeffs(self.coeffs)
@@ -110,6 +117,7 @@ class SweepConfig:
         )
         check(self.attention_prompts >= 0, "attention_prompts must be >= 0")
         check(self.samples_shown >= 0, "samples_shown must be >= 0")
+        check_controls(self.controls)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -147,6 +155,9 @@ def _row(
     if "off_target_ratio" in result.rows:
         dmg = result.estimate("off_target_ratio")
         row.update(damage=dmg.value, damage_ci=_ci(dmg))
+    spec = specificity_of(result)
+    if spec is not None:
+        row.update(specificity=spec.value, specificity_ci=_ci(spec), control_specificity=None)
     for key in sorted(result.rows):
         est = result.estimate(key)
         row[key], row[f"{key}_ci"] = est.value, _ci(est)
@@ -266,6 +277,7 @@ def sweep_layer(
     vec, note = vector_at_layer(model, vector, layer)
     notes = [note] if note else []
     coeffs = config.coeffs
+    matched_controls = controls_for(model, vec, layer, spec, config.controls, config.control_seed)
     entry = PlanEntry(
         vec, coeffs, layers=[layer], position=config.position, units=config.units, label=label
     )
@@ -286,10 +298,29 @@ def sweep_layer(
         row["norm_ratio"], row["attn_to_steered"] = abs(row["coeff_norm_units"]), a
 
     ref, why = _reference(coeffs, ov)
+    at_ref = results[coeffs.index(ref)]
     controls = _controls(model, entry, vec, layer, ref, spec, effect, base, config.control_seed)
-    controls.update(
-        coeff=ref, reference=why, vector=result_summary(results[coeffs.index(ref)], effect)
+    matched = run_controls(
+        model,
+        entry,
+        layer,
+        ref,
+        spec,
+        effect,
+        base,
+        at_ref,
+        matched_controls,
+        seed=config.control_seed,
     )
+    notes += matched["notes"]
+    controls.update(
+        coeff=ref, reference=why, vector=result_summary(at_ref, effect), matched=matched
+    )
+    if matched["specificity"] is not None:
+        ref_row = rows[coeffs.index(ref)]
+        ref_row["control_specificity"] = matched["specificity"]["control_specificity"]
+        ref_row["specificity_p"] = matched["specificity"]["p_value"]
+        ref_row["specificity_status"] = matched["specificity"]["status"]
     return {
         "layer": layer,
         "rows": rows,
@@ -430,7 +461,10 @@ def assemble(
         "overshoot": [rec["overshoot"] for rec in records],
         "controls": {
             "note": "random: a norm-matched random vector at the layer's reference coefficient; "
-            "injection: the steering prompt put in front of the text instead of the vector",
+            "injection: the steering prompt put in front of the text instead of the vector; "
+            "matched: control-word vectors (prompt pairs) or random vectors built the same way, "
+            "at the reference coefficient, with the specificity verdict (rows carry each "
+            "coefficient's specificity; control_specificity on the reference row)",
             "by_layer": [rec["controls"] for rec in records],
         },
         "samples": [s for rec in records for s in rec["samples"]],

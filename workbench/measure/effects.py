@@ -28,13 +28,20 @@ prompt x seed rows), and completion measures also as paired differences from the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from workbench.errors import check
+from workbench.measure.controls import (
+    DEFAULT_CONTROLS,
+    Control,
+    against_controls,
+    matched_controls,
+    specificity,
+)
 from workbench.measure.metrics import (
     distinct_n,
     next_token_entropy,
@@ -85,6 +92,11 @@ __all__ = [
     "Targets",
     "actadd_sampling",
     "completions",
+    "control_effect_key",
+    "control_spec",
+    "controls_for",
+    "run_controls",
+    "specificity_of",
     "default_effect",
     "front_pad",
     "injection_text",
@@ -381,14 +393,167 @@ def _paired_deltas(
     return {k: v - base[k] for k, v in rows.items() if k in base and base[k].shape == v.shape}
 
 
+# --------------------------------------------------------------------------- controls
+
+
+def specificity_of(result: ConditionResult, seed: int = 0) -> Estimate | None:
+    """The condition's specificity (:func:`~workbench.measure.controls.specificity`), or None
+    when on- or off-target text was not measured."""
+    rows = result.rows
+    if "on_target_ratio" not in rows or "off_target_ratio" not in rows:
+        return None
+    return specificity(rows["on_target_ratio"], rows["off_target_ratio"], seed=seed)
+
+
+def control_effect_key(effect: EffectSpec) -> str:
+    """The measure controls are compared on: the effect itself, except that sampled target
+    words are compared through the next-token log-prob shift of the same words (no sampling)."""
+    if effect.kind == "target_words":
+        return f"target_logprob_shift:{effect.target}"
+    return effect.key
+
+
+def control_spec(spec: MeasureSpec, effect: EffectSpec) -> MeasureSpec:
+    """What controls are measured on: on-/off-target text (specificity) and the effect's
+    measure, without the neutral-prompt KL and without samples unless the effect is sentiment."""
+    sampled = effect.kind == "sentiment"
+    return replace(
+        spec,
+        neutral=[],
+        n=spec.n if sampled else 0,
+        sentiment=sampled,
+        prompts=spec.prompts if (spec.targets or sampled) else [],
+    )
+
+
+def controls_for(
+    model: Model,
+    vector: SteeringVector,
+    layer: int,
+    spec: MeasureSpec,
+    k: int = DEFAULT_CONTROLS,
+    seed: int = 0,
+) -> tuple[list[Control], list[str]]:
+    """The ``k`` matched controls of ``vector`` at ``layer`` for a run measured with ``spec``
+    (words of its texts and targets are not drawn); build them before the run, so a problem
+    with them stops the run before any work."""
+    texts = [*spec.on_target, *spec.off_target, *spec.prompts]
+    avoid = [w for t in spec.targets for w in t.words]
+    return matched_controls(model, vector, layer, k, seed=seed, texts=texts, avoid=avoid)
+
+
+def run_controls(
+    model: Model,
+    entry: PlanEntry,
+    layer: int,
+    coeff: float,
+    spec: MeasureSpec,
+    effect: EffectSpec,
+    baseline: Baseline,
+    steered: ConditionResult,
+    controls: tuple[list[Control], list[str]],
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ``controls`` (:func:`controls_for`) of ``entry``'s vector at ``coeff``, compared
+    with ``steered``.
+
+    All share one batch per measure and the ``baseline`` of the run they control. Returns the
+    ``matched`` JSON: each control's effect and specificity, the vector's rank on both, and the
+    specificity verdict (:func:`~workbench.measure.controls.against_controls`), or
+    ``specificity: None`` with a note when on- or off-target text is missing.
+    """
+    ctrls, notes = controls[0], list(controls[1])
+    out: dict[str, Any] = {"k": len(ctrls), "seed": seed, "notes": notes}
+    out["kind"] = ctrls[0].kind if ctrls else None
+    results = (
+        _measure_controls(model, entry, layer, coeff, ctrls, control_spec(spec, effect), baseline)
+        if ctrls
+        else []
+    )
+    key = control_effect_key(effect)
+    out["effect"] = _effect_rank(steered, results, key, effect.direction)
+    out["items"] = [_control_item(c, r, key) for c, r in zip(ctrls, results, strict=True)]
+    out["specificity"] = None
+    if specificity_of(steered) is None:
+        out["notes"].append(
+            "specificity needs on- and off-target text: give --on-target (and --off-target)"
+        )
+        return out
+    cmp = against_controls(
+        steered.rows["on_target_ratio"],
+        steered.rows["off_target_ratio"],
+        [r.rows["on_target_ratio"] for r in results],
+        [r.rows["off_target_ratio"] for r in results],
+        kind="control-word" if out["kind"] == "word" else "random",
+        seed=spec.boot_seed,
+    )
+    out["specificity"] = cmp.to_json()
+    return out
+
+
+def _measure_controls(
+    model: Model,
+    entry: PlanEntry,
+    layer: int,
+    coeff: float,
+    ctrls: list[Control],
+    spec: MeasureSpec,
+    baseline: Baseline,
+) -> list[ConditionResult]:
+    """Each control alone at ``coeff`` (entry 0, the vector itself, stays off)."""
+    kw: dict[str, Any] = {"layers": [layer], "position": entry.position, "units": entry.units}
+    entries = [entry.with_coeff(0.0)] + [
+        PlanEntry(c.vector, 0.0, label=c.label, **kw) for c in ctrls
+    ]
+    conds = [
+        Condition(c.label, tuple(float(coeff) if j == i + 1 else 0.0 for j in range(len(entries))))
+        for i, c in enumerate(ctrls)
+    ]
+    results, _ = measure(model, entries, conds, spec, baseline=baseline)
+    return results
+
+
+def _effect_rank(
+    steered: ConditionResult, results: list[ConditionResult], key: str, direction: int
+) -> dict[str, Any]:
+    """The vector's effect on ``key`` and how many controls it beats (in the wanted direction)."""
+    if key not in steered.rows:
+        return {"measure": key, "vector": None, "controls": [], "beats": None}
+    vec = steered.delta(key).value
+    ctrl = [r.delta(key).value for r in results if key in r.rows]
+    return {
+        "measure": key,
+        "vector": vec,
+        "controls": ctrl,
+        "beats": sum(direction * (vec - c) > 0 for c in ctrl),
+    }
+
+
+def _control_item(c: Control, r: ConditionResult, key: str) -> dict[str, Any]:
+    item = c.to_json()
+    if key in r.rows:
+        item["effect"] = r.delta(key).to_json()
+    for name in ("on_target_ratio", "off_target_ratio"):
+        if name in r.rows:
+            item[name] = r.estimate(name).to_json()
+    spec = specificity_of(r)
+    item["specificity"] = None if spec is None else spec.value
+    return item
+
+
 # --------------------------------------------------------------------------- one plan
 
 
 def result_summary(result: ConditionResult, effect: EffectSpec) -> dict[str, Any]:
-    """JSON of one condition: the effect (paired, vs unsteered), damage, every measure."""
+    """JSON of one condition: the effect (paired, vs unsteered), damage, specificity, every
+    measure."""
     out: dict[str, Any] = {"effect": result.delta(effect.key).to_json()}
     if "off_target_ratio" in result.rows:
         out["damage"] = result.estimate("off_target_ratio").to_json()
+    spec = specificity_of(result)
+    if spec is not None:
+        out["specificity"] = spec.to_json()
     out["measures"] = result.summary()
     out["completions"] = result.completions[:3]
     return out
@@ -405,13 +570,16 @@ def measure_vector(
     units: str = "raw",
     position: str | None = None,
     control_seed: int = 0,
+    controls: int = DEFAULT_CONTROLS,
     label: str = "vector",
 ) -> dict[str, Any]:
     """Effects and side effects of ``coeff x vector`` at ``layer``, with its controls.
 
     Runs unsteered, steered, a norm-matched random vector at the same coefficient and, for
-    prompt-made vectors, the token-injection baseline, all in shared batches. Returns the
-    ``measure`` JSON (``kind: "measure"``).
+    prompt-made vectors, the token-injection baseline, all in shared batches; then ``controls``
+    matched controls (:func:`run_controls`: control words for prompt pairs, random vectors
+    otherwise) against the same baseline. Returns the ``measure`` JSON (``kind: "measure"``)
+    with ``matched_controls`` and the ``specificity`` verdict.
     """
     check(
         layer is not None or len(vector.layers) == 1,
@@ -430,7 +598,11 @@ def measure_vector(
     inject = injection_text(vec)
     if inject is not None:
         conds.append(Condition("injection", (0.0, 0.0), inject=inject))
-    results, _ = measure(model, [entry, rand], conds, spec)
+    ctrls = controls_for(model, vec, at, spec, controls, control_seed)
+    results, base = measure(model, [entry, rand], conds, spec)
+    matched = run_controls(
+        model, entry, at, coeff, spec, effect, base, results[1], ctrls, seed=control_seed
+    )
     out: dict[str, Any] = {
         "kind": "measure",
         "model": model.name,
@@ -441,10 +613,12 @@ def measure_vector(
         "position": entry.position,
         "effect_spec": effect.to_json(),
         "spec": spec.to_json(),
-        "notes": [note] if note else [],
+        "notes": ([note] if note else []) + matched["notes"],
     }
     for c, r in zip(conds, results, strict=True):
         out[c.label] = result_summary(r, effect)
     if inject is not None:
         out["injection"]["text"] = inject
+    out["matched_controls"] = matched
+    out["specificity"] = matched["specificity"]
     return out

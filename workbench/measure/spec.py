@@ -128,6 +128,12 @@ class MeasureSpec:
             check(len(self.prompts) > 0, "no prompts to continue; give a prompt file")
         for t in self.prompts:
             check(isinstance(t, str) and bool(t.strip()), "a prompt is empty; remove it")
+        if self.on_target and self.off_target:
+            check(
+                set(self.on_target) != set(self.off_target),
+                "the on-target and off-target sentences are the same; specificity compares "
+                "them: give unrelated text as --off-target",
+            )
 
     def to_json(self) -> dict[str, Any]:
         return {

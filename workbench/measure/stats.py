@@ -26,6 +26,7 @@ __all__ = [
     "Estimate",
     "bootstrap_ci",
     "bootstrap_diff_ci",
+    "bootstrap_ratio",
     "differs",
     "estimate",
     "estimate_diff",
@@ -238,3 +239,40 @@ def paired_differs(
     """
     _, low, high = bootstrap_diff_ci(a, b, n_boot=n_boot, alpha=alpha, seed=seed)
     return low > 0.0 or high < 0.0
+
+
+def bootstrap_ratio(
+    num: Sequence[float] | np.ndarray,
+    den: Sequence[float] | np.ndarray,
+    *,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    min_den: float = 1e-6,
+) -> Estimate | None:
+    """``mean(num) / mean(den)`` with a paired percentile-bootstrap interval, or None when
+    ``|mean(den)| < min_den`` (no meaningful ratio).
+
+    ``num[i]`` and ``den[i]`` come from the same sample (prompt), so pairs are resampled
+    together (what composition's retention, ``combined / alone``, needs). Resamples whose
+    denominator is below ``min_den`` are dropped.
+
+    >>> bootstrap_ratio([1.0, 1.0], [2.0, 2.0]).value
+    0.5
+    """
+    a, b = _as_samples(num, "num"), _as_samples(den, "den")
+    check(a.shape == b.shape, f"paired samples differ in length ({a.size} vs {b.size})")
+    _check_options(n_boot, alpha)
+    if abs(b.mean()) < min_den:
+        return None
+    value = float(a.mean() / b.mean())
+    if a.size == 1:
+        return Estimate(value, value, value, 1)
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))  # (n_boot, n)
+    d = b[idx].mean(1)  # (n_boot,)
+    ok = np.abs(d) >= min_den
+    ratios = a[idx].mean(1)[ok] / d[ok]
+    if ratios.size == 0:
+        return Estimate(value, value, value, int(a.size))
+    low, high = np.quantile(ratios, [alpha / 2, 1 - alpha / 2])
+    return Estimate(value, min(float(low), value), max(float(high), value), int(a.size))
