@@ -43,6 +43,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
+from dictionaries import progress
 from dictionaries.scaling import InputScaler
 from workbench.errors import WorkbenchError, check
 from workbench.io import atomic_path, save_tensors
@@ -181,11 +182,15 @@ class Dictionary(ABC):
         X_arr = as_matrix(X)
         X_arr, dropped = drop_nonfinite(X_arr)
         self._begin_fit(X_arr.shape[1], info)
+        self.check_rows(X_arr.shape[0])
         if scaler is not None:
             if not scaler.is_fitted():
                 scaler.fit(X_arr)
             X_arr = scaler.transform(X_arr)
-        extra = self._fit(X_arr)
+        k = getattr(self, "n_components", "?")
+        what = f"{self.method} fit ({k} components, {len(X_arr)} rows)"
+        with progress.task(what):
+            extra = self._fit(X_arr)
         self.scaler_ = scaler
         self._end_fit(X_arr.shape[0], dropped, start, extra)
         return self
@@ -213,14 +218,26 @@ class Dictionary(ABC):
             **(extra or {}),
         }
 
-    def _validate_params(self, d_model: int) -> None:
-        """Check hyperparameters against the data width (override to add checks)."""
+    def _validate_params(self, d_model: int | None) -> None:
+        """Check hyperparameter ranges, and against the data width when ``d_model`` is known
+        (``None``: before any data, as :func:`dictionaries.create` does). Override to add checks.
+        """
         k = getattr(self, "n_components", None)
         if k is not None:
             check(
-                isinstance(k, int) and k >= 1,
+                isinstance(k, int) and not isinstance(k, bool) and k >= 1,
                 f"n_components={k!r} is invalid: give a positive integer",
             )
+        seed = getattr(self, "random_state", None)
+        check(
+            seed is None or (isinstance(seed, int) and 0 <= seed < 2**32),
+            f"{self.method} random_state={seed!r} is out of range: give a seed in 0..{2**32 - 1}",
+        )
+
+    def check_rows(self, n_rows: int) -> None:
+        """Refuse to fit on ``n_rows`` rows when they cannot determine the dictionary (a PCA
+        with more components than the rows span); callers may ask before reading any data."""
+        check(n_rows >= 1, f"{self.method} has no rows to fit on: give at least one row")
 
     @abstractmethod
     def _fit(self, X: np.ndarray) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from sklearn.decomposition import FastICA
 
+from dictionaries import progress
 from dictionaries.base import (
     ArrayLike,
     Dictionary,
@@ -28,7 +29,9 @@ from dictionaries.scaling import InputScaler, Moments, unit_rows
 from workbench.errors import check
 
 
-def _check_k_fits(k: int, d_model: int, method: str) -> None:
+def _check_k_fits(k: int, d_model: int | None, method: str) -> None:
+    if d_model is None:
+        return
     check(
         k <= d_model,
         f"{method} n_components={k} is out of range for d_model={d_model}: choose 1..{d_model}",
@@ -58,17 +61,21 @@ class PCA(Dictionary):
         self.n_components = n_components
         self.whiten = whiten
 
-    def _validate_params(self, d_model: int) -> None:
+    def _validate_params(self, d_model: int | None) -> None:
         super()._validate_params(d_model)
         _check_k_fits(self.n_components, d_model, "pca")
 
+    def check_rows(self, n_rows: int) -> None:
+        # n centred rows span at most n - 1 axes: the axes past them would be arbitrary.
+        check(
+            self.n_components <= n_rows - 1,
+            f"pca n_components={self.n_components} needs at least {self.n_components + 1} rows "
+            f"but got {n_rows}, which span only {max(n_rows - 1, 0)} axes: lower --k to at most "
+            f"{max(n_rows - 1, 1)} or give more data",
+        )
+
     def _fit(self, X: np.ndarray) -> dict[str, Any]:
         n = X.shape[0]
-        check(
-            n >= 2 and self.n_components <= n,
-            f"exact pca needs at least max(2, n_components={self.n_components}) rows, got {n}: "
-            "give more rows or use fit_stream",
-        )
         X64 = X.astype(np.float64)
         mean = X64.mean(axis=0)  # (d,)
         _, S, Vt = np.linalg.svd(X64 - mean, full_matrices=False)  # S (r,), Vt (r, d)
@@ -102,10 +109,7 @@ class PCA(Dictionary):
         moments = getattr(self, "_moments", None)
         check(moments is not None, "no batches accumulated: call partial_fit before finalize")
         assert moments is not None
-        check(
-            moments.n >= 2,
-            f"streaming pca saw {moments.n} finite rows: give at least 2 finite rows",
-        )
+        self.check_rows(moments.n)
         if moments.dropped:
             warnings.warn(
                 f"dropped {moments.dropped} rows holding NaN or inf from the pca stream",
@@ -135,10 +139,13 @@ class PCA(Dictionary):
             "fit_stream needs a fitted scaler: fit it on the rows first (partial_fit, finalize)",
         )
         self._moments = None
-        for batch in batches:
-            x = batch if scaler is None else scaler.transform(as_matrix(batch, "batch"))
-            self.partial_fit(x, info)
-        self.finalize()
+        with progress.task(f"pca streaming fit ({self.n_components} components)", unit="rows"):
+            for batch in batches:
+                x = batch if scaler is None else scaler.transform(as_matrix(batch, "batch"))
+                self.partial_fit(x, info)
+                if self._moments is not None:
+                    progress.advance(self._moments.n)
+            self.finalize()
         self.scaler_ = scaler
         return self
 
@@ -213,18 +220,22 @@ class ICA(Dictionary):
         self.tol = tol
         self.random_state = random_state
 
-    def _validate_params(self, d_model: int) -> None:
+    def _validate_params(self, d_model: int | None) -> None:
         super()._validate_params(d_model)
         _check_k_fits(self.n_components, d_model, "ica")
         funs = ("logcosh", "exp", "cube")
         check(self.fun in funs, f"ica fun={self.fun!r} is unknown: choose one of {funs}")
+        check(self.max_iter >= 1, f"ica max_iter={self.max_iter} must be >= 1")
+        check(self.tol > 0, f"ica tol={self.tol} must be positive")
+
+    def check_rows(self, n_rows: int) -> None:
+        check(
+            n_rows > self.n_components,
+            f"ica n_components={self.n_components} needs more rows than that, got {n_rows}: "
+            f"lower --k to at most {max(n_rows - 1, 1)} or give more data",
+        )
 
     def _fit(self, X: np.ndarray) -> dict[str, Any]:
-        check(
-            X.shape[0] > self.n_components,
-            f"ica needs more rows than n_components={self.n_components}, got {X.shape[0]}: "
-            "give more rows",
-        )
         ica = FastICA(
             n_components=self.n_components,
             whiten="unit-variance",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dictionaries.base import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, Dictionary
+from dictionaries.params import coerce_params
 from workbench.errors import WorkbenchError, check
 from workbench.io import load_tensors, read_json
 
@@ -52,15 +53,16 @@ def get(name: str) -> type[Dictionary]:
 
 
 def create(name: str, **kwargs: Any) -> Dictionary:
-    """Instantiate method ``name`` with hyperparameters ``kwargs``; unknown keywords are refused."""
+    """Instantiate method ``name`` with hyperparameters ``kwargs``, typed and range-checked.
+
+    Unknown keywords, values of the wrong type (:func:`dictionaries.params.coerce_params`) and
+    values out of range (the backend's ``_validate_params`` without a width) are refused in one
+    line, before any data is touched.
+    """
     cls = get(name)
-    valid = cls._param_names()
-    unknown = sorted(set(kwargs) - set(valid))
-    check(
-        not unknown,
-        f"{name} does not take {', '.join(unknown)}: its hyperparameters are {', '.join(valid)}",
-    )
-    return cls(**kwargs)
+    obj = cls(**coerce_params(cls, kwargs))
+    obj._validate_params(None)
+    return obj
 
 
 def load(path: str | os.PathLike[str]) -> Dictionary:

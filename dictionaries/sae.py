@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from dictionaries import progress
 from dictionaries.base import (
     ArrayLike,
     DictionaryInfo,
@@ -32,12 +33,15 @@ from dictionaries.base import (
 )
 from dictionaries.registry import register
 from dictionaries.sae_lens_base import _build_sae, _SAELensBackend
-from workbench.errors import check
+from workbench.errors import WorkbenchError, check
 
 if TYPE_CHECKING:
     from sae_lens import SAE as SAELensSAE
 
 ARCHITECTURES = ("standard", "topk")
+# Widest SAE trained here, in latents per residual dimension: SAELens users train 4..64x; wider
+# is hours of CPU per run, and beyond the rows a workbench store holds.
+MAX_EXPANSION = 64
 _DEFAULT_L1 = 1.0  # SAELens's StandardTrainingSAEConfig default
 
 
@@ -81,8 +85,16 @@ class SparseAutoencoder(_SAELensBackend):
         self.device = device
         self.random_state = random_state
 
-    def _validate_params(self, d_model: int) -> None:
+    def _validate_params(self, d_model: int | None) -> None:
         super()._validate_params(d_model)
+        if d_model is not None:
+            most = MAX_EXPANSION * d_model
+            check(
+                self.n_components <= most,
+                f"sae n_components={self.n_components} is over {MAX_EXPANSION} x d_model={d_model}"
+                f" = {most} latents, which would train for hours on this machine: choose at "
+                f"most {most} (4..32 x d_model is usual)",
+            )
         arch = self.architecture
         check(
             arch in ARCHITECTURES, f"sae architecture={arch!r} is unknown: choose {ARCHITECTURES}"
@@ -111,6 +123,26 @@ class SparseAutoencoder(_SAELensBackend):
         check(self.n_steps >= 1, f"sae n_steps={self.n_steps} must be >= 1")
         check(self.batch_size >= 1, f"sae batch_size={self.batch_size} must be >= 1")
         check(self.lr > 0, f"sae lr={self.lr} must be positive")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise WorkbenchError(
+                f"sae device={self.device!r} is not a torch device: give cpu, cuda or mps"
+            ) from None
+        check(
+            device.type in ("cpu", "cuda", "mps"),
+            f"sae device={self.device!r} is not supported: give cpu, cuda or mps",
+        )
+        check(
+            device.type != "cuda"
+            or (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()),
+            f"sae device={self.device!r} but that CUDA device is not available here: use "
+            "device=cpu",
+        )
+        check(
+            device.type != "mps" or torch.backends.mps.is_available(),
+            f"sae device={self.device!r} but MPS is not available here: use device=cpu",
+        )
 
     # -- fitting --------------------------------------------------------------------------------
 
@@ -175,14 +207,15 @@ class SparseAutoencoder(_SAELensBackend):
                     buf, held = [cat[self.batch_size :]], held - self.batch_size
 
         stream = rebatched()
-        first = next(stream, None)
-        check(
-            first is not None,
-            f"the stream held fewer than batch_size={self.batch_size} finite rows: "
-            "give more data or a smaller batch_size",
-        )
-        assert first is not None
-        extra = self._train(itertools.chain([first], stream), n_rows=None)
+        with progress.task(f"sae fit ({self.n_components} latents, streamed)", self.n_steps):
+            first = next(stream, None)
+            check(
+                first is not None,
+                f"the stream held fewer than batch_size={self.batch_size} finite rows: "
+                "give more data or a smaller batch_size",
+            )
+            assert first is not None
+            extra = self._train(itertools.chain([first], stream), n_rows=None)
         if counts["dropped"]:
             warnings.warn(
                 f"dropped {counts['dropped']} rows holding NaN or inf from the sae stream",
@@ -243,6 +276,7 @@ class SparseAutoencoder(_SAELensBackend):
             trainer.maybe_reset_sparsity()
             out = trainer.step(batch)  # SAELens: training_forward_pass, backward, Adam, clipping
             trainer.n_training_steps += 1
+            progress.advance(trainer.n_training_steps, self.n_steps)
             losses = {k: float(v.item()) for k, v in out.losses.items()}
         if trainer.activation_scaler.scaling_factor is not None:
             tsae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)

@@ -15,6 +15,7 @@ import torch
 from sklearn.decomposition import MiniBatchDictionaryLearning, sparse_encode
 from sklearn.exceptions import ConvergenceWarning
 
+from dictionaries import progress
 from dictionaries.base import Dictionary, to_tensor
 from dictionaries.registry import register
 from dictionaries.scaling import unit_rows
@@ -54,7 +55,7 @@ class DictLearn(Dictionary):
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def _validate_params(self, d_model: int) -> None:
+    def _validate_params(self, d_model: int | None) -> None:
         super()._validate_params(d_model)
         check(
             self.fit_algorithm in _ALGORITHMS,
@@ -82,6 +83,7 @@ class DictLearn(Dictionary):
             tol=0.0,
             max_no_improvement=None,
             random_state=self.random_state,
+            callback=lambda env: progress.advance(env["i"] + 1, env.get("n_steps")),
         )
         with _quiet_lasso():
             model.fit(X64 - mean)

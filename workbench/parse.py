@@ -46,6 +46,6 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
         check(key not in out, f"--param {key} is given twice; give it once")
         try:
             out[key] = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # deep nesting ("[[[[...") is text too
             out[key] = text
     return out

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from dictionaries import progress
 from dictionaries.scaling import SCALES
 from workbench.decompose.hygiene import DEFAULT_MAX_NORM_RATIO, DEFAULT_SCALE, Hygiene
 from workbench.errors import WorkbenchError, check
@@ -110,7 +111,10 @@ def _decompose(args: argparse.Namespace, out: Output) -> dict[str, Any]:
     docs = heldout_docs(store, args.holdout)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit_from_store(dictionary, store, args.layer, exclude_docs=docs, hygiene=hygiene_from(args))
+        with progress.reporting():  # fits that last over a few seconds say so on stderr
+            fit_from_store(
+                dictionary, store, args.layer, exclude_docs=docs, hygiene=hygiene_from(args)
+            )
         model = None
         if not args.no_loss:
             name = store.manifest.get("model")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import dictionaries
+from dictionaries import progress
 from workbench.activations.capture import capture
 from workbench.activations.store import ActivationStore
 from workbench.commands.decompose import add_hygiene_arguments, check_out, hygiene_from
@@ -170,7 +171,8 @@ def run_discovery(
             store = ActivationStore.open(tmp / "acts" if acts is None else acts)
             _check_docs(len(store.docs()), k, dictionary is None)
             if dictionary is None:
-                fit_from_store(fitted, store, layer, hygiene=hygiene)
+                with progress.reporting():  # fits that last over a few seconds say so on stderr
+                    fit_from_store(fitted, store, layer, hygiene=hygiene)
             fitted.save(tmp / "dictionary")
             result = discover(
                 model,
@@ -295,6 +297,12 @@ def _run(
             f"--acts {args.acts} holds site {store.site}, not --site {args.site}: drop --site",
         )
         name, site = stored, store.site
+    params = parse_params(args.param)
+    if args.dictionary is None:
+        # Types and ranges of --k and --param are checked before the model loads.
+        fresh = make_dictionary(args.method, args.k, params)
+        if args.acts is not None:
+            fresh._validate_params(store.d_model)
     result = run_discovery(
         load_model(name or DEFAULT_MODEL),
         layer=args.layer,
@@ -303,7 +311,7 @@ def _run(
         acts=args.acts,
         method=args.method,
         k=args.k,
-        params=parse_params(args.param),
+        params=params,
         dictionary=args.dictionary,
         site=site,
         positions=args.positions,

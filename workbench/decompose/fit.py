@@ -253,7 +253,10 @@ def fit_from_store(
         layer=layer,
         hook_point=Site(store.site, layer).tl_name,
     )
+    # Width and row count are known now: refuse a k they cannot support before the slow passes.
+    dictionary._validate_params(store.d_model)
     rows = select_rows(store, layer, hygiene, exclude_docs)
+    dictionary.check_rows(int(rows.keep.sum()))
     scaler = fit_scaler(store, layer, rows.keep, hygiene)
     if isinstance(dictionary, PCA):
         dictionary.fit_stream(_row_batches(store, layer, rows.keep), info=info, scaler=scaler)
