@@ -130,9 +130,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _out_path(args: argparse.Namespace) -> Path:
     path = Path(args.out)
-    if path.suffix != ".safetensors":
+    if path.suffix != ".safetensors" and path.name not in ("", "..") and not path.is_dir():
         path = Path(f"{path}.safetensors")  # as SteeringVector.save names it
-    return path
+    return path  # a folder stays as given, for claim_output to refuse by name
 
 
 def _save(vector: SteeringVector, path: Path) -> dict[str, Any]:
@@ -292,32 +292,41 @@ def render(result: dict[str, Any]) -> str:
     ]
     units = result["norms_in_residual_units"]
     for k in map(str, result["layers"]):
-        rel = f" = {_fmt(units[k])} x mean norm there ({_fmt(result['layer_norms'][k])})"
+        rel = (
+            f" = {_fmt(units[k])} x mean norm there ({_fmt(result['layer_norms'][k])})"
+            if k in units
+            else ""
+        )
         lines.append(
             f"  layer {k}: shape {tuple(result['shapes'][k])}, norm {_fmt(result['norms'][k])}"
-            + (rel if k in units else "")
+            + rel
         )
         lines.append(f"    {result['layer_convention'][k]}")
+    # The info block comes from a file: entries of an unexpected shape are skipped, not trusted.
     info = dict(result["info"])
     heads = info.pop("heads", None)
     info.pop("accuracy_table", None)
     for key, value in info.items():
         if isinstance(value, (int, float, str)) or value is None:
             lines.append(f"  {key}: {_fmt(value)}")
-        elif key == "separation":
+        elif key == "separation" and isinstance(value, dict):
             for layer, sep in value.items():
-                lines.append(
-                    f"  separation at layer {layer}: AUROC {_fmt(sep['auroc'])}, "
-                    f"accuracy {_fmt(sep['accuracy'])}"
-                )
-        elif key == "pairs":
+                if isinstance(sep, dict):
+                    lines.append(
+                        f"  separation at layer {layer}: AUROC {_fmt(sep.get('auroc'))}, "
+                        f"accuracy {_fmt(sep.get('accuracy'))}"
+                    )
+        elif key == "pairs" and isinstance(value, list):
             for pair in value:
-                lines.append(f"  pair: {pair['pos_tokens']} - {pair['neg_tokens']}")
-    if heads:
+                if isinstance(pair, dict):
+                    lines.append(f"  pair: {pair.get('pos_tokens')} - {pair.get('neg_tokens')}")
+    if isinstance(heads, list) and heads:
         lines.append("  heads (layer.head accuracy sigma):")
         lines.extend(
-            f"    {h['layer']}.{h['head']}  {_fmt(h['accuracy'])}  {_fmt(h['sigma'])}"
+            f"    {h.get('layer')}.{h.get('head')}  {_fmt(h.get('accuracy'))}  "
+            f"{_fmt(h.get('sigma'))}"
             for h in heads
+            if isinstance(h, dict)
         )
     if "recipe" in result:
         lines.append(f"  recipe: {result['recipe']}")

@@ -25,9 +25,11 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.io import load_tensors, save_tensors
+from workbench.model.hooks import SITE_KINDS
 
 FORMAT = "workbench.steering_vector/1"
 UNITS = ("raw", "norm")
+MAX_META_DEPTH = 64  # saved recipes nest a few levels (arithmetic of arithmetic ...); far below
 
 
 @dataclass
@@ -60,16 +62,23 @@ class SteeringVector:
     def __post_init__(self) -> None:
         if not self.directions:
             raise WorkbenchError("a steering vector needs at least one layer")
+        if self.site not in SITE_KINDS:
+            raise WorkbenchError(
+                f"vector site {self.site!r} is unknown: use one of {', '.join(SITE_KINDS)}"
+            )
         clean: dict[int, torch.Tensor] = {}
         for layer, t in self.directions.items():
             t = torch.as_tensor(t).detach().to(torch.float32).cpu()
+            if t.dim() not in (1, 2) or t.numel() == 0:
+                raise WorkbenchError(
+                    f"vector at layer {layer} has shape {tuple(t.shape)}; expected (d_model,), "
+                    "(positions, d_model) or (heads, d_head) with at least one entry"
+                )
             if self.site != "z" and t.shape[-1] != self.d_model:
                 raise WorkbenchError(
                     f"vector at layer {layer} has width {t.shape[-1]}, expected d_model "
                     f"{self.d_model} for {self.model}"
                 )
-            if t.dim() not in (1, 2):
-                raise WorkbenchError(f"vector at layer {layer} has shape {tuple(t.shape)}")
             if not torch.isfinite(t).all():
                 raise WorkbenchError(
                     f"vector at layer {layer} has non-finite entries (NaN or inf); rebuild it"
@@ -263,27 +272,94 @@ class SteeringVector:
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
         """Load and verify a vector saved by :meth:`save`."""
-        tensors, meta = load_tensors(path, what="vector file")
-        if meta.get("format") != FORMAT:
+        try:
+            tensors, meta = load_tensors(path, what="vector file")
+        except RecursionError:
             raise WorkbenchError(
-                f"{path} is not a workbench steering vector (format {meta.get('format')!r})"
+                f"vector file {path} has metadata nested too deeply to read; recreate it"
+            ) from None
+        if _depth(meta) > MAX_META_DEPTH:
+            raise WorkbenchError(
+                f"vector file {path} has metadata nested over {MAX_META_DEPTH} levels; recreate it"
             )
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise WorkbenchError(f"{path} is not a workbench steering vector (format {found!r})")
         if _checksum(tensors) != meta.get("checksum"):
             raise WorkbenchError(f"vector file {path} failed its checksum; it is corrupt")
-        try:
-            directions = {int(k.split(".", 1)[1]): v for k, v in tensors.items()}
-            return cls(
-                directions=directions,
-                model=str(meta["model"]),
-                d_model=int(meta["d_model"]),
-                site=str(meta["site"]),
-                method=str(meta["method"]),
-                recipe=dict(meta.get("recipe", {})),
-                layer_norms={int(k): float(v) for k, v in meta.get("layer_norms", {}).items()},
-                info=dict(meta.get("info", {})),
+        fields = _read_metadata(meta, f"vector file {path}")
+        directions: dict[int, torch.Tensor] = {}
+        for key, t in tensors.items():
+            _, dot, layer = key.partition(".")
+            if not (dot and key.startswith("layer.") and layer.isascii() and layer.isdigit()):
+                raise WorkbenchError(
+                    f"vector file {path} holds tensor {key!r}, not layer.N: recreate the vector"
+                )
+            directions[int(layer)] = t
+        return cls(directions=directions, **fields)
+
+
+def _float_or_none(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return float(v)
+    except OverflowError:  # an integer too large for a float
+        return None
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of JSON data, counted without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(item, dict):
+            stack.extend((x, d + 1) for x in item.values())
+        elif isinstance(item, list):
+            stack.extend((x, d + 1) for x in item)
+    return deepest
+
+
+def _read_metadata(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """The constructor fields in a saved vector's metadata, each checked for its JSON type."""
+
+    def field_of(key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        if key not in meta and default is not None:
+            return default
+        if key not in meta:
+            raise WorkbenchError(f"{where} has incomplete metadata (no {key!r}); recreate it")
+        value = meta[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            want = {dict: "an object", str: "a string", int: "a whole number"}.get(
+                kind if isinstance(kind, type) else int, "a value"
             )
-        except (KeyError, ValueError, IndexError) as e:
-            raise WorkbenchError(f"vector file {path} has incomplete metadata ({e})") from e
+            raise WorkbenchError(
+                f"{where} has {key!r} = {str(value)[:40]!r}, not {want}; recreate the vector"
+            )
+        return value
+
+    d_model = field_of("d_model", int)
+    if d_model < 1:
+        raise WorkbenchError(f"{where} has d_model {d_model}; recreate the vector")
+    norms: dict[int, float] = {}
+    for k, v in field_of("layer_norms", dict, {}).items():
+        x = _float_or_none(v)
+        if not (k.isascii() and k.isdigit()) or x is None or not (math.isfinite(x) and x > 0):
+            raise WorkbenchError(
+                f"{where} has layer norm {str(k)[:20]!r}: {str(v)[:20]!r}; a layer norm is a "
+                "positive number per layer: recreate the vector"
+            )
+        norms[int(k)] = x
+    return {
+        "model": field_of("model", str),
+        "d_model": d_model,
+        "site": field_of("site", str),
+        "method": field_of("method", str),
+        "recipe": field_of("recipe", dict, {}),
+        "layer_norms": norms,
+        "info": field_of("info", dict, {}),
+    }
 
 
 def _add_aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
