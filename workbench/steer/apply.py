@@ -34,6 +34,7 @@ import torch
 from workbench.errors import WorkbenchError
 from workbench.model.hooks import ActFn, Site, default_backend, hooks_applied
 from workbench.model.load import Model
+from workbench.steer import safety
 from workbench.steer.plan import PlanEntry, SteeringPlan
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class _Part:
     rows_ext: torch.Tensor  # (n + 1, *feat): window rows and a final zero row for "no add"
     const: torch.Tensor  # (coeff_rows, 1, *feat): coeff x direction, for position "all"
     coeff: torch.Tensor  # (coeff_rows, 1, *[1] * len(feat))
+    added: float  # norm of the largest vector this part adds (largest |coeff| x largest row)
+    shown: float  # that coefficient as the user gave it
 
     @property
     def n(self) -> int:
@@ -88,6 +91,7 @@ class PlanRun:
             for e in plan.entries
             for layer in (e.layers or [])
         ]
+        self._ratio_checked = [False] * len(self._parts)
         self.reset(pad_offsets, prompt_lengths)
 
     def reset(
@@ -135,7 +139,16 @@ class PlanRun:
                     f"the plan has {delta.shape[0]} batch rows (coefficients or prompt lengths) "
                     f"but the model was run on {act.shape[0]}; give one per row"
                 )
-            return act + delta
+            if not self._ratio_checked[k]:
+                self._ratio_checked[k] = True
+                self._note_ratio(part, act)
+            out = act + delta
+            safety.check_finite(
+                out,
+                f"the steered activations of '{part.entry.label}' at layer {part.layer}",
+                "lower the coefficient (or load the model in float32)",
+            )
+            return out
 
         return fn
 
@@ -154,6 +167,19 @@ class PlanRun:
         layout = _Layout(pad=pad, lengths=lengths, width=width)
         self._note_clipping(layout)
         return layout
+
+    def _note_ratio(self, part: _Part, act: torch.Tensor) -> None:
+        """Note (and log) an added vector over 100x the residual norm it is added to: the
+        norm recorded in the vector for that layer, else the median of this batch's rows."""
+        if part.added == 0:
+            return
+        residual = part.entry.vector.layer_norms.get(part.layer)
+        if residual is None or part.entry.vector.site == "z":
+            residual = safety.median_norm(act)
+        where = f"for '{part.entry.label}' at layer {part.layer}"
+        msg = safety.residual_ratio_note(part.added, residual, part.shown, where)
+        if msg is not None and msg not in self.notes:
+            self.notes.append(msg)
 
     def _note_clipping(self, layout: _Layout) -> None:
         for part in self._parts:
@@ -190,12 +216,17 @@ def _build_part(entry: PlanEntry, layer: int, dtype: torch.dtype, device: torch.
     coeff = coeff.view(-1, 1, *[1] * len(feat)).to(device=device, dtype=dtype)
     direction = direction.to(device=device, dtype=dtype)
     rows = rows.to(device=device, dtype=dtype)
+    raw = entry.raw_coeffs(layer)
+    added, _, i = safety.largest_addition(t, raw)
+    shown = entry.coeff if isinstance(entry.coeff, list) else [entry.coeff]
     return _Part(
         entry=entry,
         layer=layer,
         rows_ext=torch.cat([rows, torch.zeros_like(rows[:1])]),  # (n + 1, *feat)
         const=coeff * direction,  # (coeff_rows, 1, *feat)
         coeff=coeff,
+        added=added,
+        shown=shown[i] if len(shown) == len(raw) else shown[0],
     )
 
 

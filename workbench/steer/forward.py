@@ -17,6 +17,7 @@ import torch
 from workbench.errors import WorkbenchError, check
 from workbench.model.hooks import default_backend
 from workbench.model.load import Model
+from workbench.steer import safety
 from workbench.steer.apply import apply_plan
 from workbench.steer.plan import PlanEntry, SteeringPlan
 from workbench.vectors.vector import SteeringVector
@@ -64,6 +65,11 @@ def _run(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -> t
                     f"model {model.name} has no transformers twin: use backend 'tl'"
                 )
             logits = model.hf(input_ids=ids, attention_mask=mask).logits
+    safety.check_finite(
+        logits[mask.bool().to(logits.device)],  # (real tokens, vocab); padding is never scored
+        "the logits",
+        "the steered model broke down; lower the coefficient (or load it in float32)",
+    )
     return logits.float()  # (batch, pos, vocab)
 
 

@@ -22,6 +22,7 @@ import torch
 from workbench.errors import WorkbenchError, check
 from workbench.model.hooks import default_backend
 from workbench.model.load import Model
+from workbench.steer import safety
 from workbench.steer.apply import apply_plan
 from workbench.steer.plan import PlanEntry, SteeringPlan
 from workbench.steer.sampling import ACTADD_SAMPLING, Sampling, processors, row_seed
@@ -170,6 +171,7 @@ def _generate_batch(
     """Generate for one batch; returns ``(tokens (batch, width + new), notes)``."""
     width = ids.shape[1]
     chain = processors(settings, width, seeds)
+    chain.insert(0, safety.FiniteScores())  # NaN logits would decode as text
     lengths = mask.sum(1)  # (batch,)
     ctx: Any = contextlib.nullcontext()
     if plan is not None:

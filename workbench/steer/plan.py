@@ -28,6 +28,7 @@ import torch
 
 from workbench.errors import WorkbenchError, check
 from workbench.model.load import Model
+from workbench.steer import safety
 from workbench.vectors.vector import UNITS, SteeringVector
 
 STEER_POSITIONS = ("front", "middle", "back", "all")
@@ -139,9 +140,12 @@ class PlanEntry:
         return next(iter(self.vector.directions.values()))
 
     def check(self, model: Model) -> None:
-        """Refuse a model of another name/width, layers out of range, or wrong head shapes."""
+        """Refuse a model of another name/width, layers out of range, wrong head shapes, or a
+        coefficient whose added vector the model's dtype cannot hold (:mod:`.safety`)."""
         self.vector.check_compatible(model.name, model.d_model)
         assert self.layers is not None
+        dtype = next(model.tl.parameters()).dtype
+        shown = self.coeff if isinstance(self.coeff, list) else [self.coeff]
         for layer in self.layers:
             model.check_layer(layer)
             t = self.tensor_at(layer)
@@ -150,6 +154,8 @@ class PlanEntry:
                     f"head vector at layer {layer} has shape {tuple(t.shape)}, but {model.name} "
                     f"has {model.n_heads} heads of size {model.d_head}"
                 )
+            where = f"for '{self.label}' at layer {layer}"
+            safety.check_fits_dtype(t, self.raw_coeffs(layer), shown, dtype, where)
 
     def with_coeff(self, coeff: float | list[float]) -> PlanEntry:
         """The same entry with another coefficient (or list of them)."""
