@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -103,6 +104,58 @@ def is_converted(folder: Path) -> bool:
     return (folder / _MARKER).exists() and (folder / "config.json").exists()
 
 
+# What reading a damaged GGUF raises (gguf.GGUFReader and transformers' loader): bad magic or
+# version, a value type out of range, a string that is not UTF-8, an array cut short, ...
+_GGUF_READ_ERRORS = (
+    ValueError,  # includes UnicodeDecodeError
+    KeyError,
+    IndexError,
+    OverflowError,
+    TypeError,
+    struct.error,
+    OSError,
+    EOFError,
+)
+GGUF_MAGIC = b"GGUF"
+GGUF_VERSIONS = (2, 3)
+_GGUF_HEADER = 24  # magic, version (u32), tensor count (u64), metadata count (u64)
+
+
+def check_gguf_header(path: Path) -> None:
+    """Refuse a file that does not start like a GGUF model, in one line, before any loading.
+
+    >>> check_gguf_header(Path("notes.gguf"))  # doctest: +SKIP
+    Traceback (most recent call last):
+    workbench.errors.WorkbenchError: notes.gguf is not a GGUF file (it starts with b'hell' ...
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(_GGUF_HEADER)
+    except OSError as e:
+        raise WorkbenchError(f"cannot read {path} ({e.strerror}); check the path") from None
+    if head[:4] != GGUF_MAGIC:
+        raise WorkbenchError(
+            f"{path} is not a GGUF file (it starts with {head[:4]!r}, not {GGUF_MAGIC!r}); "
+            "give a .gguf model file"
+        )
+    if len(head) < _GGUF_HEADER:
+        raise WorkbenchError(
+            f"{path} is truncated ({len(head)} bytes, shorter than a GGUF header); "
+            "download it again"
+        )
+    version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:])
+    if version not in GGUF_VERSIONS:
+        raise WorkbenchError(
+            f"{path} has GGUF version {version}; this workbench reads versions "
+            f"{' and '.join(map(str, GGUF_VERSIONS))}: the file is corrupt or too new"
+        )
+    if n_tensors == 0 or n_tensors > 1_000_000 or n_kv > 1_000_000:
+        raise WorkbenchError(
+            f"{path} declares {n_tensors} tensors and {n_kv} metadata entries; the header is "
+            "corrupt: download the file again"
+        )
+
+
 def convert_gguf(gguf: Path) -> Path:
     """Dequantise a GGUF file into a transformers folder in the cache (once) and return it.
 
@@ -120,13 +173,21 @@ def convert_gguf(gguf: Path) -> Path:
         ) from e
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_gguf_header(gguf)
     log.info("converting %s to fp32 (one time, ~20 s) into %s", gguf.name, folder)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        hf = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            hf = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
+    except _GGUF_READ_ERRORS as e:
+        # The GGUF reader fails on a damaged file with whatever its parse hit first.
+        raise WorkbenchError(
+            f"{gguf} is a corrupt, truncated or unsupported GGUF file ({type(e).__name__}: "
+            f"{str(e)[:120]}); download it again or give another model"
+        ) from None
     # The dequantised weights are plain fp32 now; drop the GGUF quantiser so they can be saved.
     hf.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(hf.config, "quantization_config"):
