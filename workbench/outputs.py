@@ -158,11 +158,17 @@ def lock_path(final: Path) -> Path:
 
 
 def _holder(final: Path) -> str:
-    try:
-        info = json.loads(lock_path(final).with_suffix(".lock.json").read_text(encoding="utf-8"))
-        return f"pid {info['pid']} on {info['host']}, `{info['command']}`, since {info['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "a process that has not said who it is"
+    info_file = lock_path(final).with_suffix(".lock.json")
+    # The holder writes its info right after taking the lock: give it a moment to do so.
+    for _ in range(20):
+        try:
+            info = json.loads(info_file.read_text(encoding="utf-8"))
+            return (
+                f"pid {info['pid']} on {info['host']}, `{info['command']}`, since {info['started']}"
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.05)
+    return "a process that has not said who it is"
 
 
 def _acquire(final: Path, given: str) -> FileLock:

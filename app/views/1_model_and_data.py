@@ -110,18 +110,20 @@ if st.button("Capture", type="primary", disabled=spec is None, key="data_capture
     docs = attempt(lambda: load_corpus(corpus_inside_root(spec or ""), limit=int(limit) or None))
     result = None
     if docs is not None:
+        texts = docs  # narrowed for the lambda
         result = attempt(
-            capture,
-            model,
-            docs,
-            layers,
-            site=site,
-            positions=positions,
-            max_tokens=int(max_tokens),
-            out=inside_root(out, "store folder"),
-            overwrite=overwrite,
-            progress=show,
-            progress_bar=False,
+            lambda: capture(
+                model,
+                texts,
+                layers,
+                site=site,
+                positions=positions,
+                max_tokens=int(max_tokens),
+                out=inside_root(out, "store folder"),  # checked inside attempt: shown, not raised
+                overwrite=overwrite,
+                progress=show,
+                progress_bar=False,
+            )
         )
     if result is not None:
         bar.progress(1.0, text="Done")
