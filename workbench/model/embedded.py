@@ -151,8 +151,8 @@ def check_gguf_header(path: Path) -> None:
         )
     if n_tensors == 0 or n_tensors > 1_000_000 or n_kv > 1_000_000:
         raise WorkbenchError(
-            f"{path} declares {n_tensors} tensors and {n_kv} metadata entries; the header is "
-            "corrupt: download the file again"
+            f"the GGUF header of {path} declares {n_tensors} tensors and {n_kv} metadata "
+            "entries; it is corrupt: download the file again"
         )
 
 
