@@ -22,6 +22,12 @@ def _ours(path: Path, kind: str = "dictionary") -> Path:
     return path
 
 
+def _marked_only(path: Path) -> Path:
+    path.mkdir()
+    write_marker(path, "sweep")
+    return path
+
+
 def _foreign(path: Path) -> Path:
     path.mkdir()
     (path / "notes.txt").write_text("mine")
@@ -38,6 +44,7 @@ def _file(path: Path) -> Path:
     [
         (None, False, None),  # a new path
         (Path.mkdir, False, None),  # an empty folder
+        (lambda p: _marked_only(p), False, None),  # only a marker: a run that stopped early
         (_ours, False, "already exists .*pass --overwrite"),
         (_ours, True, None),
         (_foreign, False, "folder this workbench did not make"),

@@ -113,7 +113,7 @@ def check_output(
     )
     if file:
         return _check_file(final, given, kind, overwrite)
-    if not final.exists() or (final.is_dir() and not any(final.iterdir())):
+    if not final.exists() or (final.is_dir() and _empty(final)):
         return final
     check(
         final.is_dir(),
@@ -135,6 +135,11 @@ def check_output(
             "replace it or choose another --out"
         )
     return final
+
+
+def _empty(folder: Path) -> bool:
+    # A folder holding only our marker (a run that stopped before writing) counts as empty.
+    return all(p.name == MARKER for p in folder.iterdir())
 
 
 def _check_file(final: Path, given: str, kind: str, overwrite: bool) -> Path:
