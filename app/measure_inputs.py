@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import streamlit as st
 
+from workbench.measure.controls import CONTROL_WORDS, DEFAULT_CONTROLS
 from workbench.measure.effects import (
     DEFAULT_NEUTRAL,
     DEFAULT_OFF_TARGET,
@@ -37,6 +38,7 @@ class MeasureOptions(NamedTuple):
     n_sentences: int = 8
     neutral: str = DEFAULT_NEUTRAL
     n_neutral: int = 8
+    controls: int = DEFAULT_CONTROLS
 
 
 def measure_inputs(key: str, *, on_target: bool = False) -> MeasureOptions:
@@ -53,9 +55,18 @@ def measure_inputs(key: str, *, on_target: bool = False) -> MeasureOptions:
         on = c2.text_input("On-target text", "", key=f"{key}_on") if on_target else ""
         n_sent = c3.number_input("Sentences used", 1, 500, d.n_sentences, key=f"{key}_ns")
         seed = c4.number_input("Seed", 0, 2**31 - 1, d.seed, key=f"{key}_seed")
-        c1, c2 = st.columns(2)
+        c1, c2, c3 = st.columns(3)
         neutral = c1.text_input("Neutral prompts (KL)", d.neutral, key=f"{key}_neu")
         n_neutral = c2.number_input("Neutral prompts used", 1, 500, d.n_neutral, key=f"{key}_nn")
+        controls = c3.number_input(
+            "Matched controls",
+            0,
+            len(CONTROL_WORDS),
+            d.controls,
+            key=f"{key}_ctl",
+            help="control-word vectors (prompt pairs) or random vectors built the same way; "
+            "0 switches them off",
+        )
     return MeasureOptions(
         prompts=prompts,
         n_prompts=int(n_prompts),
@@ -67,6 +78,7 @@ def measure_inputs(key: str, *, on_target: bool = False) -> MeasureOptions:
         n_sentences=int(n_sent),
         neutral=neutral,
         n_neutral=int(n_neutral),
+        controls=int(controls),
     )
 
 

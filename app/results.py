@@ -281,6 +281,7 @@ def sweep(
         units=units,
         position=position,
         thresholds=OvershootThresholds(*thresholds),
+        controls=opts.controls,
     )
     effect = default_effect(spec, effect_kind, decrease)
     return run_sweep(model, vector, config, spec, effect, label=label)
@@ -323,4 +324,5 @@ def compose(
         units=units,
         orthogonalize=orthogonalize,
         sampled=sampled,
+        controls=opts.controls,
     )

@@ -27,6 +27,7 @@ from workbench.io import write_json
 from workbench.measure.effects import MeasureSpec, actadd_sampling, default_effect, target_set
 from workbench.measure.text_metrics import WEDDING_WORDS
 from workbench.model.load import DEFAULT_MODEL, Model, load_model
+from workbench.outputs import claim_output
 from workbench.report.write import write_run
 from workbench.vectors.build import from_prompts, random_like
 from workbench.vectors.vector import SteeringVector
@@ -184,9 +185,19 @@ def run_demo(
         >>> data = run_demo(out="runs/demo", quick=True)  # doctest: +SKIP
         >>> data["findings"][0]  # doctest: +SKIP
     """
+    # Reruns replace the demo's own folder (it holds the marker), never a user's folder.
+    with claim_output(out, kind="demo", overwrite=True, legacy=_is_demo_folder) as claim:
+        claim.mark()
+        return _run_demo(model_name, Path(out), quick=quick, log=log)
+
+
+def _is_demo_folder(path: Path) -> bool:
+    """A demo folder from before folders were marked."""
+    return (path / "demo.json").is_file()
+
+
+def _run_demo(model_name: str, folder: Path, *, quick: bool, log: Log) -> dict[str, Any]:
     s = DemoSettings.quick() if quick else DemoSettings()
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     st = _Stages(log, total=8)
     notes: list[str] = []
     data: dict[str, Any] = {"kind": "demo", "settings": asdict(s), "quick": quick}
@@ -387,7 +398,16 @@ def findings(data: dict[str, Any]) -> list[str]:
     if inj:
         parts.append(f"' wedding' put in front {inj['on_target_ratio']['value']:.3f}")
     out.append("Controls, wedding-sentence perplexity ratio: " + ", ".join(parts) + ".")
+    matched = ctl.get("matched") or {}
+    if matched.get("specificity"):
+        words = ", ".join(str(i.get("prompt", i["label"])).strip() for i in matched["items"])
+        out.append(
+            f"Specificity against {matched['k']} control words ({words}), each built the "
+            f"same way: {matched['specificity']['verdict']}."
+        )
     comp = data.get("compose")
+    if comp and comp.get("verdicts"):
+        out += [f"Composition: {v}." for v in comp["verdicts"]]
     if comp:
         parts = [
             f"{v['label']} {r:.2f}" + ("" if sig else " (its effect alone is not distinct from 0)")

@@ -92,11 +92,13 @@ def check_output(
     resume: bool = False,
     file: bool = False,
     legacy: Callable[[Path], bool] | None = None,
+    resumable: bool = False,
 ) -> Path:
     """Apply the output policy (module docstring) to ``path`` without locking; return it resolved.
 
     ``file``: the output is one file, not a folder. ``legacy``: recognises folders of ``kind``
     written before folders carried the marker (e.g. an activation store by its manifest).
+    ``resumable``: the verb can continue an output (the refusal then mentions ``--resume``).
     """
     given = str(path)
     check(given.strip() != "", "--out is empty: give a new folder or file name")
@@ -130,9 +132,10 @@ def check_output(
         f"--out {given} holds a workbench {made} output, not a {kind} output; choose another --out",
     )
     if not (overwrite or resume):
+        also = "--resume to continue it, " if resumable else ""
         raise WorkbenchError(
-            f"--out {given} already exists (a workbench {kind} output); pass --overwrite to "
-            "replace it or choose another --out"
+            f"--out {given} already exists (a workbench {kind} output); pass {also}--overwrite "
+            "to replace it or choose another --out"
         )
     return final
 
@@ -282,6 +285,7 @@ def claim_output(
     resume: bool = False,
     file: bool = False,
     legacy: Callable[[Path], bool] | None = None,
+    resumable: bool = False,
 ) -> Output:
     """Check ``path`` against the output policy and lock it; see the module docstring.
 
@@ -295,6 +299,7 @@ def claim_output(
         "resume": resume,
         "file": file,
         "legacy": legacy,
+        "resumable": resumable,
     }
     final = check_output(path, **opts)
     key = (final, threading.get_ident())

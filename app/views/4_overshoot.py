@@ -155,5 +155,21 @@ for ctl in data["controls"]["by_layer"]:
                 "effect": ctl["injection"]["effect"]["value"],
             }
         )
+    matched = ctl.get("matched") or {}
+    for item in matched.get("items", []):
+        rows.append(
+            {
+                "run": f"control {item['label']}",
+                "effect": (item.get("effect") or {}).get("value"),
+                "specificity": item.get("specificity"),
+            }
+        )
+    spec = matched.get("specificity")
+    if spec:
+        rows[0]["specificity"] = spec["specificity"]
     st.caption(f"At coefficient {ctl['coeff']:g} ({ctl['reference']}):")
+    if spec:
+        (st.success if spec["status"] == "specific" else st.warning)(
+            "Specificity: " + spec["verdict"]
+        )
     st.dataframe(rows, hide_index=True)

@@ -117,8 +117,12 @@ st.caption(
     "Retention: each vector's effect with all the others divided by its effect alone (1: kept). "
     "Interference [i, j]: 1 − (i's effect with j) / (i's effect alone); 0 means j leaves i alone."
 )
+n_vectors = len(data["vectors"])
+retention_ci = data.get("retention_ci") or [None] * n_vectors
+control_retention = data.get("controls", {}).get("retention") or [[]] * n_vectors
 table = []
 for i, v in enumerate(data["vectors"]):
+    ci = retention_ci[i]
     table.append(
         {
             "vector": v["label"],
@@ -126,10 +130,14 @@ for i, v in enumerate(data["vectors"]):
             "alone": data["effects"]["alone"][i]["value"],
             "combined": data["effects"]["combined"][i]["value"],
             "retention": data["retention"][i],
+            "retention 95% CI": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-",
+            "with controls in partners' place": ", ".join(f"{x:.2f}" for x in control_retention[i]),
             "unreliable": data["retention_unreliable"][i],
         }
     )
 st.dataframe(table, hide_index=True, key="cmp_table")
+for verdict in data.get("verdicts", []):
+    st.write("• " + verdict)
 damage = data["damage"]["combined"]
 if damage:
     st.caption(

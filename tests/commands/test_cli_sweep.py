@@ -61,8 +61,14 @@ def test_sweep_json(files: dict[str, str], capsys: pytest.CaptureFixture[str]) -
         "1,2",
         "--target-words",
         "wedding,bride",
+        "--on-target",
+        "builtin:wedding",
+        "--effect",
+        "target_words",
         "--n",
         "1",
+        "--controls",
+        "3",
         "--out",
         str(out),
         "--json",
@@ -70,6 +76,19 @@ def test_sweep_json(files: dict[str, str], capsys: pytest.CaptureFixture[str]) -
     ]
     data = _json(capsys, argv)
     assert {"rows", "overshoot", "controls", "samples", "files"} <= set(data)
+    for row in data["rows"]:
+        assert len(row["specificity_ci"]) == 2
+    for ctl in data["controls"]["by_layer"]:
+        matched = ctl["matched"]
+        assert matched["k"] == 3 and matched["kind"] == "word"
+        assert len(matched["specificity"]["control_specificity"]) == 3
+        ref = next(
+            r for r in data["rows"] if r["layer"] == ctl["layer"] and r["coeff"] == ctl["coeff"]
+        )
+        assert ref["control_specificity"] == matched["specificity"]["control_specificity"]
+        assert ref["specificity_status"] in ("specific", "generic")
+    others = [r for r in data["rows"] if r["control_specificity"] is None]
+    assert len(others) == len(data["rows"]) - 2  # one reference coefficient per layer
     assert len(data["rows"]) == 6 and len(data["overshoot"]) == 2
     row = data["rows"][0]
     for key in ("layer", "coeff", "coeff_norm_units", "effect", "effect_ci", "damage", "damage_ci"):
@@ -103,8 +122,13 @@ def test_compose_json(files: dict[str, str], capsys: pytest.CaptureFixture[str])
         "--json",
         *SMALL,
     ]
-    data = _json(capsys, argv)
+    data = _json(capsys, [*argv, "--controls", "2"])
     assert [v["layer"] for v in data["vectors"]] == [1, 1]
+    assert data["controls"]["k"] == 2 and data["controls"]["kind"] == ["word", "word"]
+    assert [len(r) for r in data["controls"]["retention"]] == [2, 2]
+    assert [len(r[1 - i]) for i, r in enumerate(data["controls"]["interference"])] == [2, 2]
+    assert len(data["retention_ci"]) == 2 and len(data["verdicts"]) == 2
+    assert all("with controls in its partners' place" in v for v in data["verdicts"] if "[" in v)
     assert [v["coeff"] for v in data["vectors"]] == [4.0, 3.0]
     assert len(data["retention"]) == 2
     assert len(data["interference"]) == 2 and len(data["interference"][0]) == 2
@@ -132,6 +156,14 @@ def test_measure_json(files: dict[str, str], capsys: pytest.CaptureFixture[str])
     assert data["kind"] == "measure" and data["effect_spec"]["kind"] == "on_target"
     assert {"unsteered", "steered", "random", "injection"} <= set(data)
     assert data["unsteered"]["effect"]["value"] == 1.0
+    matched = data["matched_controls"]
+    assert matched["k"] == 8 and matched["kind"] == "word"  # on by default
+    assert len(matched["items"]) == 8 and all(i["prompt"].startswith(" ") for i in matched["items"])
+    assert data["specificity"]["n_controls"] == 8
+    assert data["specificity"]["status"] in ("specific", "generic")
+    assert "of 8 control-word vectors" in data["specificity"]["verdict"]
+    off = _json(capsys, [*argv, "--controls", "0"])
+    assert off["matched_controls"]["k"] == 0 and off["specificity"]["n_controls"] == 0
 
 
 def test_per_vector_options_follow_their_vector() -> None:
@@ -189,3 +221,23 @@ def test_bad_inputs_give_one_line_errors(
     assert "has no metric" in err
     err = _error(capsys, ["measure", "--vector", files["wed"] + ".missing", "--coeff", "1"])
     assert "not found" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--controls", "-1"], "--controls must be at least 0"),
+        (["--controls", "41"], "more than the 40 built-in control words"),
+        (["--controls", "two"], "--controls 'two' is not a whole number"),
+        (["--off-target", "builtin:wedding"], "on-target and off-target sentences are the same"),
+    ],
+)
+def test_control_options_give_one_line_errors(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    base = ["--model", files["model"], "--on-target", "builtin:wedding", *extra]
+    measure = ["measure", "--vector", files["wed"], "--coeff", "1", *base]
+    assert message in _error(capsys, measure)
+    out = str(Path(files["dir"]) / "bad-controls")
+    sweep = ["sweep", "--vector", files["wed"], "--coeffs", "1", "--out", out, *base]
+    assert message in _error(capsys, sweep)

@@ -106,7 +106,12 @@ def check_destination(path: Path, *, resume: bool, overwrite: bool) -> dict[str,
             "--overwrite to replace it, or choose another --out"
         )
     check_output(
-        path, kind=STORE_KIND, overwrite=overwrite, resume=resume, legacy=_made_before_markers
+        path,
+        kind=STORE_KIND,
+        overwrite=overwrite,
+        resume=resume,
+        legacy=_made_before_markers,
+        resumable=True,
     )
     if not is_store(path) or overwrite:  # overwrite: a corrupt store must stay replaceable
         return None
@@ -128,7 +133,12 @@ def claim_store(
     """
     check_destination(path, resume=resume, overwrite=overwrite)
     claim = claim_output(
-        path, kind=STORE_KIND, overwrite=overwrite, resume=resume, legacy=_made_before_markers
+        path,
+        kind=STORE_KIND,
+        overwrite=overwrite,
+        resume=resume,
+        legacy=_made_before_markers,
+        resumable=True,
     )
     try:  # again under the lock: the folder may have changed while we waited for nothing
         old = check_destination(path, resume=resume, overwrite=overwrite)

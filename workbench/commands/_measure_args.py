@@ -4,7 +4,9 @@ which texts. Numbers are parsed here (not by argparse) so a bad value is a one-l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,9 @@ from workbench.measure.effects import (
     target_set,
 )
 from workbench.model.load import Model
+from workbench.outputs import Output, claim_output
 from workbench.parse import integer, number
+from workbench.report.write import write_run
 from workbench.steer.sampling import ACTADD
 from workbench.vectors.vector import SteeringVector
 
@@ -128,3 +132,22 @@ def control_lines(matched: dict[str, Any] | None) -> list[str]:
     if matched.get("specificity"):
         lines.append("Specificity: " + matched["specificity"]["verdict"])
     return lines
+
+
+@contextlib.contextmanager
+def claimed(out: str | None, kind: str, overwrite: bool) -> Iterator[Output | None]:
+    """The run folder ``--out`` claimed under the output policy (None without ``--out``),
+    before any work starts; released after the block."""
+    if out is None:
+        yield None
+        return
+    with claim_output(out, kind=kind, overwrite=overwrite) as claim:
+        yield claim
+
+
+def write_claimed(claim: Output, out: str, data: dict[str, Any]) -> dict[str, str]:
+    """Write the run (:func:`~workbench.report.write.write_run`) to a temporary folder renamed
+    onto ``out``; the written files by role, at their final paths."""
+    with claim.staged() as tmp:
+        files = write_run(tmp, data)
+    return {k: str(Path(out) / Path(v).relative_to(tmp)) for k, v in files.items()}

@@ -16,9 +16,11 @@ from typing import Any
 from workbench.commands._measure_args import (
     add_control_arguments,
     add_text_arguments,
+    claimed,
     controls,
     load_vector,
     progress,
+    write_claimed,
 )
 from workbench.errors import check
 from workbench.experiments.compose import ComposeItem, run_compose
@@ -26,7 +28,6 @@ from workbench.measure.effects import parse_words, target_set
 from workbench.measure.spec import build_spec
 from workbench.model.load import load_model
 from workbench.parse import integer, number
-from workbench.report.write import write_run
 from workbench.steer.plan import STEER_POSITIONS
 from workbench.vectors.vector import UNITS
 
@@ -64,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sampled", action="store_true", help="effect = target words per completion"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help=f"replace an earlier {NAME} --out folder"
+    )
     parser.add_argument("--out", default=None, help="folder for compose.json and report.html")
     add_text_arguments(parser, n_default=0)
     add_control_arguments(parser)
@@ -84,50 +88,51 @@ def assign(tagged: list[tuple[int, Any]] | None, n: int, flag: str) -> list[Any]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    n = len(args.vector)
-    check(n >= 2, "composition needs at least two vectors; give --vector twice")
-    per = {f: assign(getattr(args, f), n, "--" + f.replace("_", "-")) for f in PER_VECTOR}
-    missing = [i + 1 for i, c in enumerate(per["coeff"]) if c is None]
-    check(not missing, f"vectors {missing} have no --coeff; give one --coeff per --vector")
-    k, control_seed = controls(args)
-    vectors = [load_vector(p) for p in args.vector]
-    model = load_model(args.model or vectors[0].model)
-    labels = [Path(p).name for p in args.vector]
-    labels = [lb if labels.count(lb) == 1 else f"{lb}#{i + 1}" for i, lb in enumerate(labels)]
-    items = []
-    for i, v in enumerate(vectors):
-        words = per["target_words"][i]
-        items.append(
-            ComposeItem(
-                vector=v,
-                coeff=number(per["coeff"][i], "--coeff"),
-                layer=None if per["layer"][i] is None else integer(per["layer"][i], "--layer"),
-                label=labels[i],
-                targets=None
-                if words is None
-                else target_set(model, parse_words(words), f"v{i + 1}"),
-                score=per["score"][i],
-                position=per["position"][i],
+    with claimed(args.out, "compose", args.overwrite) as claim:
+        n = len(args.vector)
+        check(n >= 2, "composition needs at least two vectors; give --vector twice")
+        per = {f: assign(getattr(args, f), n, "--" + f.replace("_", "-")) for f in PER_VECTOR}
+        missing = [i + 1 for i, c in enumerate(per["coeff"]) if c is None]
+        check(not missing, f"vectors {missing} have no --coeff; give one --coeff per --vector")
+        k, control_seed = controls(args)
+        vectors = [load_vector(p) for p in args.vector]
+        model = load_model(args.model or vectors[0].model)
+        labels = [Path(p).name for p in args.vector]
+        labels = [lb if labels.count(lb) == 1 else f"{lb}#{i + 1}" for i, lb in enumerate(labels)]
+        items = []
+        for i, v in enumerate(vectors):
+            words = per["target_words"][i]
+            items.append(
+                ComposeItem(
+                    vector=v,
+                    coeff=number(per["coeff"][i], "--coeff"),
+                    layer=None if per["layer"][i] is None else integer(per["layer"][i], "--layer"),
+                    label=labels[i],
+                    targets=None
+                    if words is None
+                    else target_set(model, parse_words(words), f"v{i + 1}"),
+                    score=per["score"][i],
+                    position=per["position"][i],
+                )
             )
+        for it in items:
+            it.metric(args.sampled)  # a vector without a metric fails here, before any model run
+        targets = [it.targets for it in items if it.targets is not None]
+        spec = build_spec(args, targets, sentiment=any(it.score == "sentiment" for it in items))
+        progress(f"composing {n} vectors on {model.name} ({k} controls each)")
+        data = run_compose(
+            model,
+            items,
+            spec,
+            units=args.units,
+            orthogonalize=args.orthogonalize,
+            sampled=args.sampled,
+            controls=k,
+            control_seed=control_seed,
         )
-    for it in items:
-        it.metric(args.sampled)  # a vector without a metric fails here, before any model run
-    targets = [it.targets for it in items if it.targets is not None]
-    spec = build_spec(args, targets, sentiment=any(it.score == "sentiment" for it in items))
-    progress(f"composing {n} vectors on {model.name} ({k} controls each)")
-    data = run_compose(
-        model,
-        items,
-        spec,
-        units=args.units,
-        orthogonalize=args.orthogonalize,
-        sampled=args.sampled,
-        controls=k,
-        control_seed=control_seed,
-    )
-    if args.out:
-        data["files"] = write_run(args.out, data)
-    return data
+        if claim is not None:
+            data["files"] = write_claimed(claim, args.out, data)
+        return data
 
 
 def render(result: dict[str, Any]) -> str:

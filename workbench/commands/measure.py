@@ -15,16 +15,17 @@ from workbench.commands._measure_args import (
     add_control_arguments,
     add_effect_arguments,
     add_text_arguments,
+    claimed,
     control_lines,
     controls,
     load_vector,
     words_targets,
+    write_claimed,
 )
 from workbench.measure.effects import default_effect, measure_vector
 from workbench.measure.spec import build_spec
 from workbench.model.load import load_model
 from workbench.parse import integer, number
-from workbench.report.write import write_run
 from workbench.steer.plan import STEER_POSITIONS
 from workbench.vectors.vector import UNITS
 
@@ -39,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", default=None, help="layer (default: the vector's)")
     parser.add_argument("--units", choices=UNITS, default="raw")
     parser.add_argument("--position", choices=STEER_POSITIONS, default=None)
+    parser.add_argument(
+        "--overwrite", action="store_true", help=f"replace an earlier {NAME} --out folder"
+    )
     parser.add_argument("--out", default=None, help="folder for measure.json and report.html")
     add_effect_arguments(parser)
     add_text_arguments(parser)
@@ -46,31 +50,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    coeff = number(args.coeff, "--coeff")
-    k, control_seed = controls(args)
-    layer = None if args.layer is None else integer(args.layer, "--layer")
-    vector = load_vector(args.vector)
-    model = load_model(args.model or vector.model)
-    spec = build_spec(
-        args, words_targets(model, args.target_words), sentiment=args.score == "sentiment"
-    )
-    effect = default_effect(spec, args.effect, args.decrease)
-    data = measure_vector(
-        model,
-        vector,
-        coeff,
-        spec,
-        effect,
-        layer=layer,
-        units=args.units,
-        position=args.position,
-        controls=k,
-        control_seed=control_seed,
-        label=Path(args.vector).name,
-    )
-    if args.out:
-        data["files"] = write_run(args.out, data)
-    return data
+    with claimed(args.out, "measure", args.overwrite) as claim:
+        coeff = number(args.coeff, "--coeff")
+        k, control_seed = controls(args)
+        layer = None if args.layer is None else integer(args.layer, "--layer")
+        vector = load_vector(args.vector)
+        model = load_model(args.model or vector.model)
+        spec = build_spec(
+            args, words_targets(model, args.target_words), sentiment=args.score == "sentiment"
+        )
+        effect = default_effect(spec, args.effect, args.decrease)
+        data = measure_vector(
+            model,
+            vector,
+            coeff,
+            spec,
+            effect,
+            layer=layer,
+            units=args.units,
+            position=args.position,
+            controls=k,
+            control_seed=control_seed,
+            label=Path(args.vector).name,
+        )
+        if claim is not None:
+            data["files"] = write_claimed(claim, args.out, data)
+        return data
 
 
 def _line(name: str, s: dict[str, Any]) -> str:

@@ -24,7 +24,13 @@ from workbench.commands._measure_args import (
     thresholds,
     words_targets,
 )
-from workbench.experiments.sweep import SweepConfig, parse_coeffs, parse_layers, run_sweep
+from workbench.experiments.sweep import (
+    SweepConfig,
+    claim_sweep,
+    parse_coeffs,
+    parse_layers,
+    run_sweep,
+)
 from workbench.measure.effects import default_effect
 from workbench.measure.spec import build_spec
 from workbench.model.load import load_model
@@ -56,41 +62,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
-    coeffs = parse_coeffs(args.coeffs)
-    layers = None if args.layers is None else parse_layers(args.layers)
-    k, control_seed = controls(args)
-    config = SweepConfig(
-        coeffs=coeffs,
-        layers=layers,
-        units=args.units,
-        position=args.position,
-        thresholds=thresholds(args),
-        attention_prompts=integer(args.attention_prompts, "--attention-prompts", 0),
-        controls=k,
-        control_seed=control_seed,
-    )
-    vector = load_vector(args.vector)
-    model = load_model(args.model or vector.model)
-    spec = build_spec(
-        args, words_targets(model, args.target_words), sentiment=args.score == "sentiment"
-    )
-    effect = default_effect(spec, args.effect, args.decrease)
-    data = run_sweep(
-        model,
-        vector,
-        config,
-        spec,
-        effect,
-        out=args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        label=Path(args.vector).name,
-        log=progress,
-    )
-    out = Path(args.out)
-    data["files"] = {**write_run(out, data), "plots": str(out / "plots")}
-    data["elapsed_s"] = round(time.perf_counter() - t0, 2)
-    return data
+    with claim_sweep(args.out, overwrite=args.overwrite, resume=args.resume):
+        coeffs = parse_coeffs(args.coeffs)
+        layers = None if args.layers is None else parse_layers(args.layers)
+        k, control_seed = controls(args)
+        config = SweepConfig(
+            coeffs=coeffs,
+            layers=layers,
+            units=args.units,
+            position=args.position,
+            thresholds=thresholds(args),
+            attention_prompts=integer(args.attention_prompts, "--attention-prompts", 0),
+            controls=k,
+            control_seed=control_seed,
+        )
+        vector = load_vector(args.vector)
+        model = load_model(args.model or vector.model)
+        spec = build_spec(
+            args, words_targets(model, args.target_words), sentiment=args.score == "sentiment"
+        )
+        effect = default_effect(spec, args.effect, args.decrease)
+        data = run_sweep(
+            model,
+            vector,
+            config,
+            spec,
+            effect,
+            out=args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            label=Path(args.vector).name,
+            log=progress,
+        )
+        out = Path(args.out)
+        data["files"] = {**write_run(out, data), "plots": str(out / "plots")}
+        data["elapsed_s"] = round(time.perf_counter() - t0, 2)
+        return data
 
 
 def render(result: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ keeps them and ``resume=True`` skips them), then ``sweep.json`` (the source of t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -47,6 +48,7 @@ from workbench.measure.effects import (
 )
 from workbench.measure.stats import Estimate
 from workbench.model.load import Model
+from workbench.outputs import Output, claim_output
 from workbench.steer.plan import STEER_POSITIONS, PlanEntry
 from workbench.vectors.build import mean_residual_norms, random_like
 from workbench.vectors.vector import UNITS, SteeringVector
@@ -63,7 +65,7 @@ def parse_coeffs(text: str | Sequence[float | str]) -> list[float]:
     for x in items:
         try:
             c = float(x)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise WorkbenchError(f"coefficient {str(x).strip()!r} is not a number") from None
         check(math.isfinite(c), f"coefficient {x} is not a finite number")
         out.append(c)
@@ -426,24 +428,41 @@ def run_sweep(
     signature = _signature(model, vector, layers, config, spec, effect)
     folder = None if out is None else Path(out)
     done: dict[int, dict[str, Any]] = {}
-    if folder is not None:
-        prepare(folder, signature, resume, overwrite)
-        done = read_done(folder / "rows.jsonl") if resume else {}
-    for layer in layers:
-        if layer in done:
-            say(f"layer {layer}: already done (resumed)")
-            continue
-        t0 = time.perf_counter()
-        rec = sweep_layer(model, vector, layer, config, spec, effect, label=label)
-        done[layer] = rec
+    with contextlib.ExitStack() as stack:
         if folder is not None:
-            append_record(folder / "rows.jsonl", rec)
-        ov = rec["overshoot"]
-        say(
-            f"layer {layer}: {len(config.coeffs)} coefficients in {time.perf_counter() - t0:.1f}s"
-            f" (onset {ov['onset']}, best {ov['best']}, breakdown {ov['breakdown']})"
-        )
+            claim = stack.enter_context(claim_sweep(folder, overwrite=overwrite, resume=resume))
+            prepare(folder, signature, resume, overwrite)
+            claim.mark()
+            done = read_done(folder / "rows.jsonl") if resume else {}
+        for layer in layers:
+            if layer in done:
+                say(f"layer {layer}: already done (resumed)")
+                continue
+            t0 = time.perf_counter()
+            rec = sweep_layer(model, vector, layer, config, spec, effect, label=label)
+            done[layer] = rec
+            if folder is not None:
+                append_record(folder / "rows.jsonl", rec)
+            ov = rec["overshoot"]
+            say(
+                f"layer {layer}: {len(config.coeffs)} coefficients in "
+                f"{time.perf_counter() - t0:.1f}s (onset {ov['onset']}, best {ov['best']}, "
+                f"breakdown {ov['breakdown']})"
+            )
     return assemble(signature, [done[layer] for layer in layers], label)
+
+
+def claim_sweep(folder: str | os.PathLike[str], *, overwrite: bool, resume: bool) -> Output:
+    """The sweep folder claimed under the output policy (:func:`workbench.outputs.claim_output`;
+    a folder of an older sweep, without the marker, counts as a sweep's)."""
+    return claim_output(
+        folder,
+        kind="sweep",
+        overwrite=overwrite,
+        resume=resume,
+        legacy=lambda p: (p / "config.json").is_file() and (p / "rows.jsonl").exists(),
+        resumable=True,
+    )
 
 
 def assemble(

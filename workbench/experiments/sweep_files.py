@@ -67,7 +67,7 @@ def write_rows_csv(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> 
     for row in rows:
         out: dict[str, Any] = {}
         for k, v in row.items():
-            if isinstance(v, list) and len(v) == 2:
+            if k.endswith("_ci") and isinstance(v, list) and len(v) == 2:
                 out[f"{k.removesuffix('_ci')}_low"], out[f"{k.removesuffix('_ci')}_high"] = v
             elif not isinstance(v, (list, dict)):
                 out[k] = v

@@ -348,7 +348,7 @@ def _verdict(
     elif spec.low > 0:
         what = "lowers on-target perplexity more than off-target"
     else:
-        what = "changes on- and off-target perplexity alike (the interval spans 0)"
+        what = "its on- and off-target perplexity changes differ by no more than noise"
     text = f"{status}: {what} (specificity {spec.value:+.3f} [{spec.low:+.3f}, {spec.high:+.3f}])"
     if not ctrl or p is None:
         return text + "; no controls were run"

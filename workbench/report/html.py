@@ -65,6 +65,10 @@ def _ci(row: dict[str, Any], key: str) -> str:
     return f"{_num(row[key])} <span class='muted'>[{_num(lo)}, {_num(hi)}]</span>"
 
 
+def _interval(ci: list[float] | None) -> str:
+    return "" if not ci else f" [{_num(ci[0])}, {_num(ci[1])}]"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
@@ -139,6 +143,7 @@ def _sweep(page: _Page, data: dict[str, Any]) -> None:
                 "x resid norm",
                 "effect",
                 "damage",
+                "specificity",
                 "KL (neutral)",
                 "distinct-2",
                 "attn to steered",
@@ -150,6 +155,7 @@ def _sweep(page: _Page, data: dict[str, Any]) -> None:
                     _num(r["coeff_norm_units"]),
                     _ci(r, "effect"),
                     _ci(r, "damage"),
+                    _ci(r, "specificity"),
                     _ci(r, "kl"),
                     _ci(r, "distinct2"),
                     _num(r.get("attn_to_steered")),
@@ -189,6 +195,39 @@ def _controls(page: _Page, controls: dict[str, Any]) -> None:
             rows,
         )
     )
+    for c in controls.get("by_layer", []):
+        if c.get("matched"):
+            _matched(page, c["matched"], f"layer {c['layer']}, coefficient {_num(c['coeff'])}")
+
+
+def _matched(page: _Page, matched: dict[str, Any], where: str) -> None:
+    """Matched controls: the specificity verdict in words, then each control's numbers."""
+    page.add(f"<h3>Specificity against matched controls ({_e(where)})</h3>")
+    spec = matched.get("specificity")
+    if spec:
+        page.add(f"<p class='verdict'><b>{_e(spec['verdict'])}</b></p>")
+    page.add(
+        "<p>Specificity = mean log off-target perplexity ratio minus mean log on-target ratio "
+        "(nats per token; positive: lowers on-target text more). Controls are built the same "
+        "way as the vector (control words in place of the positive prompt for prompt pairs, "
+        "norm-matched random vectors otherwise); the p-value is a one-sided permutation test of "
+        "the vector against its controls, sentence by sentence.</p>"
+    )
+    eff = matched.get("effect") or {}
+    rows = []
+    if eff.get("vector") is not None:
+        rows.append(["the vector", _num(eff["vector"]), _num(spec and spec["specificity"])])
+    for item in matched.get("items", []):
+        rows.append(
+            [
+                _e(item["label"]),
+                _est(item.get("effect")),
+                _num(item.get("specificity")),
+            ]
+        )
+    if rows:
+        page.add(_table(["run", f"effect ({_e(eff.get('measure', ''))})", "specificity"], rows))
+    page.add(_notes(matched.get("notes", [])))
 
 
 def _samples(page: _Page, samples: list[dict[str, Any]]) -> None:
@@ -226,6 +265,7 @@ def _compose(page: _Page, data: dict[str, Any]) -> None:
                     _est(data["effects"]["alone"][i]),
                     _est(data["effects"]["combined"][i]),
                     _num(data["retention"][i])
+                    + _interval((data.get("retention_ci") or [None] * len(vecs))[i])
                     + (
                         " <span class='note'>(alone effect not distinct from 0)</span>"
                         if not data["alone_significant"][i]
@@ -236,6 +276,7 @@ def _compose(page: _Page, data: dict[str, Any]) -> None:
             ],
         )
     )
+    page.add("<ul>" + "".join(f"<li>{_e(v)}</li>" for v in data.get("verdicts", [])) + "</ul>")
     page.add(_img(compose_png(data), "composition"))
     page.figures(compose_figures(data))
     dmg = data["damage"]
@@ -271,6 +312,8 @@ def _measure(page: _Page, data: dict[str, Any]) -> None:
                 ]
             )
     page.add(_table(["run", "effect", "damage", "KL", "distinct-2"], rows))
+    if data.get("matched_controls"):
+        _matched(page, data["matched_controls"], f"coefficient {_num(data['coeff'])}")
     top = (data.get("steered") or {}).get("measures", {}).get("kl_top", [])
     if top:
         page.add("<h3>Top KL contributors</h3>")
