@@ -162,8 +162,9 @@ def _ids(model: Model, texts: list[str]) -> set[int]:
 
 def _readout(model: Model, ids: set[int], layer: int) -> SteeringVector:
     """A direction at ``layer`` that raises the logits of ``ids`` (their unembedding rows)."""
-    rows = model.hf.lm_head.weight.detach()[sorted(ids)]  # (n_ids, d_model)
-    d = rows.mean(0) - model.hf.lm_head.weight.detach().mean(0)  # (d_model,)
+    assert model.hf is not None
+    unembed = model.hf.lm_head.weight.detach()  # (vocab, d_model)
+    d = unembed[sorted(ids)].mean(0) - unembed.mean(0)  # (d_model,)
     d = d / d.norm()
     return SteeringVector(
         {layer: d}, model.name, model.d_model, method="custom", recipe={"planted": True}
