@@ -103,7 +103,7 @@ def test_candidates_are_calibrated_ranked_and_saved(
             assert c.ppl_ratio is not None and c.ppl_ratio <= SETTINGS.damage_budget
             assert SETTINGS.coeff_min <= c.suggested_coeff <= SETTINGS.coeff_max
         assert len(c.completions) == SETTINGS.n_completion_prompts
-        assert c.label.startswith(f"{'+' if c.sign > 0 else '-'}c{c.index:03d}: ")
+        assert c.label.startswith(f"{c.name}: ")
     assert result.controls["n"] == 2 and len(result.controls["effect"]) == 2
     result.save(tmp_path)
     data = json.loads((tmp_path / "discover.json").read_text())

@@ -97,7 +97,7 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        return f"c{self.index:03d}{'pos' if self.sign > 0 else 'neg'}"
+        return candidate_name(self.index, self.sign)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
@@ -129,6 +129,10 @@ class Discovery:
     hygiene: dict[str, Any] | None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def flags(self, c: Candidate) -> list[str]:
+        """Warnings about steering with ``c`` at its suggested coefficient, in plain words."""
+        return candidate_flags(c, self.settings.damage_budget)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
@@ -145,7 +149,7 @@ class Discovery:
             "controls": self.controls,
             "unsteered_completions": self.unsteered_completions,
             **self.extra,
-            "candidates": [c.to_json() for c in self.candidates],
+            "candidates": [{**c.to_json(), "flags": self.flags(c)} for c in self.candidates],
         }
 
     def save(self, folder: Path, record_as: Path | None = None) -> None:
@@ -177,6 +181,44 @@ class Discovery:
         write_json(folder / "discover.json", self.to_json())
 
 
+def candidate_name(index: int, sign: int) -> str:
+    """The one name of component ``index``'s candidate of ``sign``: ``c002pos``, ``c002neg``.
+
+    The table, the label, the saved file and the dashboard all use it.
+    """
+    return f"c{index:03d}{'pos' if sign > 0 else 'neg'}"
+
+
+def over_budget(c: Candidate, damage_budget: float) -> bool:
+    """True when ``c`` has no coefficient within the budget or its perplexity ratio exceeds it."""
+    return c.suggested_coeff is None or (c.ppl_ratio is not None and c.ppl_ratio > damage_budget)
+
+
+def candidate_flags(c: Candidate, damage_budget: float) -> list[str]:
+    """Plain-words warnings shown beside ``c`` (dashboard badge, JSON ``flags``), worst first.
+
+    The first one starts with "over the damage budget" when :func:`over_budget` holds: steering
+    with ``c`` at its coefficient is expected to break the model's text.
+    """
+    out = []
+    if c.suggested_coeff is None:
+        out.append(
+            f"over the damage budget: even the smallest coefficient raises held-out perplexity "
+            f"past x{damage_budget:g}"
+            + (f" (x{c.ppl_ratio:.3g})" if c.ppl_ratio is not None else "")
+        )
+    elif over_budget(c, damage_budget):
+        out.append(
+            f"over the damage budget: perplexity x{c.ppl_ratio:.3g} > x{damage_budget:g} at its "
+            "coefficient; expect broken text"
+        )
+    if c.inert and c.suggested_coeff is not None:
+        out.append("inert: no stronger than a random direction at the same damage")
+    if c.capped:
+        out.append("capped: the search stopped at its largest coefficient")
+    return out
+
+
 DEFINITIONS = {
     "suggested_coeff": "largest coefficient (units: mean residual norm of the layer, as "
     "`workbench steer --units norm`) whose held-out perplexity ratio stays within the damage "
@@ -204,6 +246,7 @@ DEFINITIONS = {
     "top_tokens": "tokens whose next-token probability rises most, mean over neutral prompts",
     "lens_tokens": "top logit-lens tokens of the direction (cosine ranking), secondary evidence",
     "label": "contrastive words | start of the document where the code is highest for this sign",
+    "flags": "warnings in plain words: over the damage budget, inert, capped",
     "contrast_auroc": "with --contrast: how well the candidate's per-document mean code separates "
     "the target corpus (1) from the contrast corpus (0), signed (1.0: points at the target)",
 }
@@ -330,7 +373,7 @@ def _candidate(
         else []
     )
     docs, opposite = stats.docs_for(sign)
-    name = f"{'+' if sign > 0 else '-'}c{index:03d}"
+    name = candidate_name(index, sign)
     return Candidate(
         index=index,
         sign=sign,

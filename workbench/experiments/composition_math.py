@@ -36,6 +36,7 @@ __all__ = [
     "cosine_matrix",
     "interference_matrix",
     "retention",
+    "retention_warnings",
 ]
 
 Effects = Sequence[float] | torch.Tensor
@@ -187,3 +188,39 @@ def additive_model_effects(vectors: torch.Tensor, readouts: torch.Tensor) -> Add
     pairs = alone.unsqueeze(1) + reads  # (n, n): i with j
     pairs.diagonal().copy_(alone)  # i "with itself" is i alone
     return AdditiveEffects(alone=alone, combined=combined, pairs=pairs)
+
+
+def retention_warnings(
+    alone: Sequence[tuple[float, float]],
+    retention_ci: Sequence[tuple[float, float] | None],
+    *,
+    max_width: float = 2.0,
+) -> list[str | None]:
+    """Per vector, why its retention should not be trusted (plain words), or None.
+
+    ``alone[i]`` is the interval of vector i's effect alone, ``retention_ci[i]`` the interval of
+    its retention (None when the alone effect was too small to divide by). Retention divides by
+    the alone effect, so an alone effect whose interval includes 0 makes any ratio, -7.37 as
+    readily as 1.0, noise; so does a retention interval wider than ``max_width``.
+
+    >>> retention_warnings([(0.5, 1.0), (-0.1, 0.2)], [(0.8, 1.1), (-9.0, 4.0)])[0] is None
+    True
+    """
+    check(
+        len(alone) == len(retention_ci),
+        f"{len(alone)} alone intervals for {len(retention_ci)} retention intervals",
+    )
+    out: list[str | None] = []
+    for (lo, hi), ci in zip(alone, retention_ci, strict=True):
+        if ci is None:
+            out.append("unreliable: its effect alone is about 0, so there is nothing to retain")
+        elif lo <= 0.0 <= hi:
+            out.append(
+                f"unreliable: its effect alone [{lo:.3g}, {hi:.3g}] includes 0, so the ratio "
+                "is noise"
+            )
+        elif ci[1] - ci[0] > max_width:
+            out.append(f"unreliable: the retention interval [{ci[0]:.2f}, {ci[1]:.2f}] is too wide")
+        else:
+            out.append(None)
+    return out

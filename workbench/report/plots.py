@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.patheffects as pe  # noqa: E402
@@ -28,6 +29,51 @@ from workbench.io import atomic_path  # noqa: E402
 
 _halo = [pe.withStroke(linewidth=2.5, foreground="white")]
 MARKS = {"onset": ("o", "circle"), "best": ("*", "star"), "breakdown": ("X", "x")}
+
+# Internal metric keys -> what a reader sees (tables, axis titles, captions).
+METRIC_NAMES = {
+    "sentiment": "sentiment of completions (VADER, -1..1)",
+    "target_words": "target words per completion",
+    "target_logprob": "next-token log-prob of target words (nats)",
+    "target_logprob_shift": "shift in next-token log-prob of target words (nats)",
+    "on_target": "perplexity ratio on on-target text",
+    "off_target_ratio": "off-target perplexity ratio (steered / unsteered)",
+    "kl": "next-token KL from unsteered (nats)",
+    "distinct_ratio": "distinct-2 / unsteered",
+}
+
+# Why a sweep has no onset, best or breakdown (the finder's definitions, negated).
+MISSING_MARKS = {
+    "onset": "no coefficient moved the effect beyond the unsteered interval in the wanted "
+    "direction; try larger coefficients, another layer, or flip 'Lower is better'",
+    "best": "no coefficient below breakdown steered the wanted way, so there is no best one",
+    "breakdown": "damage stayed under the thresholds at every coefficient tried",
+}
+
+
+def metric_title(key: str) -> str:
+    """``"target_logprob_shift:v2"`` -> ``"shift in next-token log-prob ... (v2)"``."""
+    kind, _, tag = str(key).partition(":")
+    name = METRIC_NAMES.get(kind, kind.replace("_", " "))
+    return f"{name} ({tag})" if tag else name
+
+
+def missing_marks(overshoot: dict[str, Any]) -> dict[str, str]:
+    """For each of onset, best, breakdown that ``overshoot`` (one layer's JSON) lacks: why."""
+    return {m: MISSING_MARKS[m] for m in MARKS if overshoot.get(m) is None}
+
+
+def robust_range(values: Any, low: float = 2.0, high: float = 98.0) -> tuple[float, float] | None:
+    """The ``low``-``high`` percentile range of the finite ``values`` (a colour scale that one
+    outlier cannot saturate); None when there are none or they are all equal."""
+    arr = np.asarray(values, dtype=float).ravel()
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return None
+    lo, hi = (float(x) for x in np.percentile(arr, [low, high]))
+    if hi <= lo:
+        lo, hi = float(arr.min()), float(arr.max())
+    return (lo, hi) if hi > lo else None
 
 
 def png_uri(png: bytes) -> str:
@@ -134,7 +180,12 @@ def heatmap_png(data: dict[str, Any]) -> bytes:
 def sweep_figures(data: dict[str, Any]) -> list[go.Figure]:
     """Interactive twins of :func:`sweep_png` and :func:`heatmap_png`."""
     overshoot = {int(o["layer"]): o for o in data["overshoot"]}
-    curves = make_subplots(rows=1, cols=2, subplot_titles=(data["effect"]["label"], "damage"))
+    curves = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(data["effect"]["label"], "damage"),
+        horizontal_spacing=0.12,
+    )
     for layer, rows in _by_layer(data).items():
         for col, key in ((1, "effect"), (2, "damage")):
             have = [r for r in rows if key in r]
@@ -182,21 +233,33 @@ def sweep_figures(data: dict[str, Any]) -> list[go.Figure]:
     coeffs = sorted({float(r["coeff"]) for r in data["rows"]})
     if _wide(coeffs):
         curves.update_xaxes(type="log" if min(coeffs) > 0 else "linear")
+    units = data["config"]["units"]
+    curves.update_xaxes(title_text=f"coefficient ({units} units)")
+    curves.update_yaxes(title_text=f"{data['effect']['label']} (absolute)", row=1, col=1)
+    curves.update_yaxes(title_text="off-target perplexity ratio", row=1, col=2)
     curves.update_layout(height=420, title="effect and damage against coefficient")
-    heat = make_subplots(rows=1, cols=2, subplot_titles=("effect", "damage"))
+    heat = make_subplots(
+        rows=1, cols=2, subplot_titles=("effect", "damage"), horizontal_spacing=0.15
+    )
     for col, key in ((1, "effect"), (2, "damage")):
         layers, cs, grid = _grid(data, key)
+        span = robust_range([v for row in grid for v in row if v is not None])
         heat.add_trace(
             go.Heatmap(
                 z=grid,
                 x=[f"{c:g}" for c in cs],
                 y=[str(x) for x in layers],
                 colorscale="Viridis" if key == "effect" else "Magma",
-                colorbar={"x": 0.45 if col == 1 else 1.0},
+                colorbar={"x": 0.43 if col == 1 else 1.0},
+                zmin=span[0] if span else None,
+                zmax=span[1] if span else None,
+                texttemplate="%{z:.2g}",
             ),
             row=1,
             col=col,
         )
+    heat.update_xaxes(title_text=f"coefficient ({units} units)")
+    heat.update_yaxes(title_text="layer")
     heat.update_layout(height=300 + 30 * len(_by_layer(data)), title="layer x coefficient")
     return [curves, heat]
 
@@ -279,21 +342,50 @@ def compose_png(data: dict[str, Any]) -> bytes:
 def compose_figures(data: dict[str, Any]) -> list[go.Figure]:
     """Interactive twins of :func:`compose_png`."""
     labels = [v["label"] for v in data["vectors"]]
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("retention", "interference", "cosine"))
-    fig.add_trace(go.Bar(x=labels, y=data["retention"], name="retention"), row=1, col=1)
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=(
+            "retention (combined / alone)",
+            "interference (row i with column j)",
+            "cosine (same layer)",
+        ),
+        horizontal_spacing=0.14,
+    )
+    fig.add_trace(
+        go.Bar(
+            x=labels,
+            y=data["retention"],
+            name="retention",
+            text=[f"{r:.2f}" for r in data["retention"]],
+            textposition="outside",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_hline(y=1.0, line_dash="dash", line_color="grey", row=1, col=1)
     for col, key in ((2, "interference"), (3, "cosine")):
+        z = data[key]
         fig.add_trace(
             go.Heatmap(
-                z=data[key],
+                z=z,
                 x=labels,
                 y=labels,
                 zmin=-1,
                 zmax=1,
                 colorscale="RdBu",
                 showscale=col == 3,
+                text=[["n/a" if v is None else f"{v:.2f}" for v in row] for row in z],
+                texttemplate="%{text}",
+                hovertemplate="row %{y}<br>column %{x}<br>%{text}<extra></extra>",
             ),
             row=1,
             col=col,
         )
-    fig.update_layout(height=380, title="composition")
+    fig.update_xaxes(tickangle=-30, automargin=True)
+    fig.update_yaxes(automargin=True)
+    fig.update_yaxes(title_text="retention", row=1, col=1)
+    fig.update_xaxes(title_text="partner j", row=1, col=2)
+    fig.update_yaxes(title_text="vector i", row=1, col=2)
+    fig.update_layout(height=440, title="composition", margin={"b": 90})
     return [fig]
