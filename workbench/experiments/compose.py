@@ -444,7 +444,7 @@ def _verdicts(
         elif ci[0] > hi:
             tail += ": its partners help it beyond what control vectors do"
         else:
-            tail += ": within what control vectors do, so the partners' effect is not specific"
+            tail += ": the same, so what its partners do to it is what any such vector does"
         out.append(head + tail)
     return out
 
