@@ -1,6 +1,6 @@
 """The dashboard's entry point: ``workbench app`` runs ``streamlit run app/main.py``.
 
-Five pages (one file each in ``app/views/``) over the same library functions the CLI uses:
+A landing page and five pages (one file each in ``app/views/``) over the same library functions the CLI uses:
 model and data, decompose and discover, steer, overshoot, compose. The app holds no logic of
 its own; see :mod:`app.state` for what is cached and kept between reruns.
 
@@ -18,6 +18,7 @@ from app import state
 st.set_page_config(page_title="Steering workbench", page_icon=":material/tune:", layout="wide")
 
 PAGES = [
+    st.Page("views/0_start.py", title="Start here", icon=":material/flag:", default=True),
     st.Page("views/1_model_and_data.py", title="Model and data", icon=":material/database:"),
     st.Page("views/2_decompose.py", title="Decompose and discover", icon=":material/scatter_plot:"),
     st.Page("views/3_steer.py", title="Steer", icon=":material/alt_route:"),

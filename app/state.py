@@ -35,6 +35,7 @@ STORE_PATH = "store_path"
 DICTIONARY = "dictionary"
 LIBRARY = "vector_library"  # label -> SteeringVector, for steer/overshoot/compose
 SEND_TO_STEER = "send_to_steer"  # label of a vector the discovery page sent over
+SENT_PRESET = "steer_sent_preset"  # the layer, units and coefficient set for that vector
 COMPOSE_ROWS = "compose_rows"
 
 # Small defaults so every page stays usable on a CPU.
@@ -86,12 +87,32 @@ def get_model(name: str | None = None) -> Model:
         return _load_model(name)
 
 
+def use_model(name: str) -> Model | None:
+    """Load ``name`` and only then make it the session's model; on failure say why (the session
+    keeps the model it had) and return None."""
+    from app.widgets import attempt
+
+    model = attempt(get_model, name.strip())
+    if model is not None:
+        st.session_state[MODEL_NAME] = name.strip()
+    return model
+
+
+def back_to_default(key: str) -> None:
+    """A button that makes the default model the session's again (shown when it is not)."""
+    default = default_model_name()
+    if model_name() != default and st.button(f"Back to the default model ({default})", key=key):
+        st.session_state[MODEL_NAME] = default
+        st.rerun()
+
+
 def require_model() -> Model:
-    """The session's model; if it cannot be loaded, show why and stop the page."""
+    """The session's model; if it cannot be loaded, show why, offer the default, stop the page."""
     from app.widgets import attempt
 
     model = attempt(get_model)
     if model is None:
+        back_to_default("model_back_required")
         st.stop()
     return model
 

@@ -6,11 +6,14 @@ These only turn library results into HTML or Streamlit elements; they compute no
 from __future__ import annotations
 
 import html
+import re
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 from workbench.errors import WorkbenchError
 
@@ -18,23 +21,121 @@ T = TypeVar("T")
 
 UNEXPECTED = "Unexpected error"
 
+# The library's advice names command-line options; on a page the same setting is a field.
+FIELDS = {
+    "--layers": "Layers",
+    "--layer": "Layer",
+    "--max-norm-ratio": "Drop rows over x median norm",
+    "--scale": "Fit in the space",
+    "--param": "Hyperparameters",
+    "--k": "Components (k)",
+    "--coeffs": "Coefficients",
+    "--coeff": "Coefficient",
+    "--overwrite": "Replace an existing store there",
+    "--out": "Store folder",
+    "--damage-budget": "Damage budget",
+    "--prompts": "Prompts",
+    "--n-prompts": "Prompts used",
+    "--off-target": "Off-target text (damage)",
+    "--on-target": "On-target text",
+    "--neutral": "Neutral prompts (KL)",
+    "--controls": "Matched controls",
+    "--units": "Units",
+    "--model": "Model",
+    "--target-words": "Target words",
+}
+_FLAG = re.compile(r"`?(--[a-z][a-z-]*)`?")
+
+
+def page_words(message: str) -> str:
+    """``message`` with the command-line options it names turned into this dashboard's fields
+    (``--layers`` -> the "Layers" field); options without a field stay as they are."""
+
+    def field(m: re.Match[str]) -> str:
+        name = FIELDS.get(m.group(1))
+        return f"the “{name}” field" if name else m.group(0)
+
+    return _FLAG.sub(field, message)
+
+
+def attempt_why(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T | None, str | None]:
+    """Like :func:`attempt`, also returning the message shown (None when ``fn`` succeeded)."""
+    try:
+        return fn(*args, **kwargs), None
+    except WorkbenchError as e:
+        message = page_words(str(e))
+        st.error(message, icon=":material/error:")
+    except Exception as e:  # a bug, not a user error: say so without a wall of traceback
+        message = f"{UNEXPECTED} ({type(e).__name__}): {e}"
+        st.error(message, icon=":material/bug_report:")
+        with st.expander("Details"):
+            st.code("".join(traceback.format_exception(e)), language="text")
+    return None, message
+
 
 def attempt(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """Call ``fn``; show a user error (or an unexpected one) as a message and return None.
 
     :class:`WorkbenchError` messages already say what is wrong and how to fix it, so they are
-    shown as they are. Anything else is a bug: its message is shown with the traceback folded
-    away, so the page stays usable.
+    shown as they are (command-line options named in them become this page's fields). Anything
+    else is a bug: its message is shown with the traceback folded away, so the page stays usable.
     """
+    return attempt_why(fn, *args, **kwargs)[0]
+
+
+def how_to_read(text: str) -> None:
+    """The plain-words line at the top of a page: what it shows and how to read it."""
+    st.info(text, icon=":material/menu_book:")
+
+
+def progress_sink(placeholder: Any) -> Callable[[str], None]:
+    """A sink for :func:`dictionaries.progress.reporting` that writes each progress line into
+    ``placeholder``; lines come from the fit's heartbeat thread, which is given this page's
+    Streamlit context so its writes reach the browser."""
+    ctx = get_script_run_ctx()
+
+    def sink(line: str) -> None:
+        add_script_run_ctx(threading.current_thread(), ctx)
+        placeholder.caption(f":material/hourglass_top: {line}")
+
+    return sink
+
+
+def layer_field(
+    label: str, key: str, n_layers: int, default: int, *, where: Any = None, help: str = ""
+) -> int | None:
+    """A layer typed as text: the layer, or None after saying inline why the text is not one.
+
+    A number input would keep showing an out-of-range value while the page used the last valid
+    one; here the page sees exactly what is typed and the action waits for a valid layer.
+    """
+    box = where if where is not None else st
+    preset(key, str(default))
+    if not isinstance(st.session_state[key], str):  # set by another page as a number
+        st.session_state[key] = str(st.session_state[key])
+    text = str(box.text_input(label, key=key, help=help or f"a layer from 0 to {n_layers - 1}"))
     try:
-        return fn(*args, **kwargs)
-    except WorkbenchError as e:
-        st.error(str(e), icon=":material/error:")
-    except Exception as e:  # a bug, not a user error: say so without a wall of traceback
-        st.error(f"{UNEXPECTED} ({type(e).__name__}): {e}", icon=":material/bug_report:")
-        with st.expander("Details"):
-            st.code("".join(traceback.format_exception(e)), language="text")
-    return None
+        value = int(text.strip())
+    except ValueError:
+        box.error(
+            f"layer {text.strip()!r} is not a whole number; give one from 0 to {n_layers - 1}"
+        )
+        return None
+    if not 0 <= value < n_layers:
+        box.error(f"layer {value} is outside this model's layers 0 to {n_layers - 1}")
+        return None
+    return value
+
+
+def blocked(reasons: Sequence[str | None]) -> str | None:
+    """The first reason an action cannot run yet (shown beside its disabled button), or None."""
+    return next((r for r in reasons if r), None)
+
+
+def why_disabled(reason: str | None) -> None:
+    """Say inline why the button above is disabled."""
+    if reason:
+        st.caption(f":material/block: {reason}")
 
 
 def preset(key: str, default: Any) -> None:
@@ -121,6 +222,15 @@ def completion_box(text: str, *, prompt: str = "", kind: str = "") -> None:
         )
 
 
+def token_text(token: str) -> str:
+    """A token as a reader can see it: spaces as ␣, new lines as ↵, an empty token as ∅ and a
+    partial UTF-8 byte (decoded as �) as ‹byte›."""
+    if not token:
+        return "∅"
+    shown = token.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
+    return shown.replace("\ufffd", "‹byte›")
+
+
 def token_chips(tokens: Sequence[str]) -> str:
-    """Tokens as inline code chips (visible whitespace)."""
-    return " ".join(f"`{repr(t)[:30]}`" for t in tokens)
+    """Tokens as inline code chips (visible whitespace, no blank or � chips)."""
+    return " ".join(f"`{token_text(t)[:30]}`" for t in tokens)

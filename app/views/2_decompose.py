@@ -8,19 +8,46 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import dictionaries
-from app import results, state
+from app import history, results, state
 from app.paths import inside_root
-from app.widgets import attempt, marked_context_html, token_chips
+from app.widgets import (
+    attempt,
+    blocked,
+    how_to_read,
+    marked_context_html,
+    progress_sink,
+    token_chips,
+    why_disabled,
+)
+from dictionaries.progress import reporting
 from dictionaries.scaling import SCALES
 from workbench.activations.store import ActivationStore
-from workbench.decompose.discover import RANKINGS
+from workbench.decompose.discover import (
+    DEFINITIONS,
+    RANKINGS,
+    Candidate,
+    Discovery,
+    candidate_name,
+    over_budget,
+)
 from workbench.decompose.hygiene import DEFAULT_MAX_NORM_RATIO, DEFAULT_SCALE
 from workbench.decompose.inspect import LENS_RANKS, ComponentReport
+from workbench.decompose.trials import TrialSettings
+from workbench.report.plots import robust_range
 
 FITTED = "decompose_fitted"  # session: {"store", "layer", "method", "k"}
 CANDIDATES = "decompose_candidates"  # session: the latest Discovery
+MAP = "decompose_map"  # session: the arguments of the map last drawn (redrawn from the cache)
+RUNS_FIT = "decompose_fit_runs"
+RUNS_RANK = "decompose_rank_runs"
 
 st.title("Decompose and discover")
+how_to_read(
+    "Step 2. Split the stored activations into components (directions), look at what each one "
+    "responds to, then rank both signs of every component as steering vectors: each is given "
+    "the largest coefficient that keeps the model's text intact (the damage budget), and Send to "
+    "steering opens it on the Steer page at that coefficient."
+)
 model = state.require_model()
 
 known = [str(p) for p in state.stores()]
@@ -29,7 +56,12 @@ options = list(dict.fromkeys([current, *known] if current else known))
 if not options:
     st.info("No activation store yet: capture one on the **Model and data** page.")
     st.stop()
-store_path = st.selectbox("Activation store", options, key="dec_store")
+store_path = st.selectbox(
+    "Activation store",
+    options,
+    key="dec_store",
+    help="captured on the Model and data page; newest first",
+)
 st.session_state[state.STORE_PATH] = store_path
 store = attempt(lambda: ActivationStore.open(inside_root(store_path, "store")))
 if store is None:
@@ -42,10 +74,28 @@ stamp = results.store_stamp(store_path)
 
 METHOD_PARAMS = {"sae": "n_steps=300, batch_size=256", "pretrained-sae": "folder="}
 c1, c2, c3, c4 = st.columns([1, 1, 1, 2])
-layer = c1.selectbox("Layer", store.layers, key="dec_layer")
+layer = c1.selectbox(
+    "Layer", store.layers, key="dec_layer", help="one of the layers the store recorded"
+)
 methods = dictionaries.available()
-method = c2.selectbox("Method", methods, index=methods.index("pca"), key="dec_method")
-k = int(c3.number_input("Components (k)", 1, store.d_model, min(8, store.d_model), key="dec_k"))
+method = c2.selectbox(
+    "Method",
+    methods,
+    index=methods.index("pca"),
+    key="dec_method",
+    help="pca: orthogonal directions of most variance; ica: independent directions; "
+    "dictionary learning and sae: sparse codes (few components active per token)",
+)
+k = int(
+    c3.number_input(
+        "Components (k)",
+        1,
+        store.d_model,
+        min(8, store.d_model),
+        key="dec_k",
+        help="how many directions to find",
+    )
+)
 params = c4.text_input(
     "Hyperparameters",
     METHOD_PARAMS.get(method, ""),
@@ -73,10 +123,10 @@ scale = h2.selectbox(
     "steering vectors as decoder directions in the model's own space",
 )
 
-if st.button("Fit", type="primary", key="dec_fit"):
-    with st.spinner(f"Fitting {method} with k={k} (10% of documents held out)…"):
-        fitted = attempt(
-            results.fit_dictionary,
+
+def _fit() -> dict[str, Any]:
+    with reporting(progress_sink(fit_progress), first=2.0, every=2.0):
+        d = results.fit_dictionary(
             store_path,
             stamp,
             layer,
@@ -86,6 +136,20 @@ if st.button("Fit", type="primary", key="dec_fit"):
             float(max_norm_ratio),
             str(scale),
         )
+    return {"dictionary": d}
+
+
+if st.button("Fit", type="primary", key="dec_fit"):
+    fit_progress = st.empty()
+    with st.spinner(f"Fitting {method} with k={k} (10% of documents held out)…"):
+        fitted = history.run(
+            RUNS_FIT,
+            model,
+            f"{method} k={k} at layer {layer} ({scale}, drop over {max_norm_ratio:g}x)",
+            _fit,
+            lambda d: [f"{d['dictionary'].n_components_} components fitted"],
+        )
+    fit_progress.empty()
     if fitted is not None:
         st.session_state[FITTED] = {
             "store": store_path,
@@ -98,6 +162,7 @@ if st.button("Fit", type="primary", key="dec_fit"):
             "stamp": stamp,
         }
         st.session_state.pop(CANDIDATES, None)
+        st.session_state.pop(MAP, None)
 
 spec = st.session_state.get(FITTED)
 if not spec or spec["store"] != store_path or spec["stamp"] != stamp:
@@ -124,17 +189,59 @@ with st.spinner("Measuring held-out reconstruction and spliced next-token loss�
     q = attempt(results.quality, model.name, dictionary, store_path, stamp, layer)
 if q is not None:
     m = st.columns(4)
-    m[0].metric("Variance explained (held out)", "n/a" if q["fve"] is None else f"{q['fve']:.1%}")
-    m[1].metric("Reconstruction MSE", f"{q['mse']:.4g}")
-    m[2].metric("Active codes per row (L0)", f"{q['l0']:.1f}")
-    m[3].metric("Dead components", q["dead_atoms"])
+    m[0].metric(
+        "Variance explained (held out)",
+        "n/a" if q["fve"] is None else f"{q['fve']:.1%}",
+        help="share of the activations' variance the k components reconstruct, on the 10% of "
+        "documents left out of the fit, in the model's own space; lower than the curve below, "
+        "which is measured on the fitted rows in the standardized space",
+    )
+    m[1].metric(
+        "Reconstruction MSE",
+        f"{q['mse']:.4g}",
+        help="mean squared error per dimension between held-out activations and their "
+        "reconstruction (squared residual-stream units); compare it with the activations' own "
+        "variance, which the first number does",
+    )
+    dense = method_name in ("pca", "ica")
+    m[2].metric(
+        "Active codes per row (L0)",
+        f"{q['l0']:.1f}",
+        help="components with a non-zero code per row, on average. PCA and ICA codes are dense, "
+        "so L0 is about k by construction; it means something for sparse methods (dictionary "
+        "learning, SAEs)",
+    )
+    m[3].metric(
+        "Dead components",
+        q["dead_atoms"],
+        help="components never active on the held-out rows (sparse methods); 0 for dense ones",
+    )
+    if dense:
+        st.caption(f"L0 ≈ k is expected for {method_name}: every component is active on every row.")
     if q.get("loss_clean") is not None:
         m = st.columns(4)
-        m[0].metric("Next-token loss", f"{q['loss_clean']:.3f}")
-        m[1].metric("…with the layer reconstructed", f"{q['loss_spliced']:.3f}")
-        m[2].metric("…with the layer zeroed", f"{q['loss_zero']:.3f}")
+        m[0].metric(
+            "Next-token loss",
+            f"{q['loss_clean']:.3f}",
+            help="the model's cross-entropy on held-out text, nats per token",
+        )
+        m[1].metric(
+            "…with the layer reconstructed",
+            f"{q['loss_spliced']:.3f}",
+            help="the same with this layer's activations replaced by their reconstruction",
+        )
+        m[2].metric(
+            "…with the layer zeroed",
+            f"{q['loss_zero']:.3f}",
+            help="the same with this layer's activations set to zero (the worst case)",
+        )
         if q.get("recovered") is not None:
-            m[3].metric("Loss recovered", f"{q['recovered']:.1%}")
+            m[3].metric(
+                "Loss recovered",
+                f"{q['recovered']:.1%}",
+                help="(zeroed − reconstructed) / (zeroed − clean): 100% = the reconstruction "
+                "costs nothing",
+            )
 evr = getattr(dictionary, "explained_variance_ratio_", None)
 if evr is not None:
     fig = go.Figure()
@@ -142,13 +249,18 @@ if evr is not None:
     fig.add_bar(x=idx, y=list(evr), name="per component")
     fig.add_scatter(x=idx, y=list(evr.cumsum()), name="cumulative", mode="lines+markers")
     fig.update_layout(
-        title="Explained variance ratio",
+        title="Explained variance ratio (fitted rows, standardized space)",
         xaxis_title="component",
-        yaxis_title="fraction",
+        yaxis_title="fraction of variance",
         height=300,
         margin={"t": 40, "b": 30},
     )
     st.plotly_chart(fig, key="dec_evr")
+    st.caption(
+        "The curve is measured on the rows the fit saw, after standardizing each dimension; the "
+        "held-out number above is on unseen documents in the model's own space, where a few "
+        "large dimensions dominate, so it is usually lower."
+    )
 else:
     st.caption(f"Per-component explained variance is defined for PCA, not {method_name}.")
 
@@ -170,6 +282,7 @@ def _map_figure(points: Any) -> go.Figure:
                 marker={"size": 5},
             )
     else:
+        span = robust_range(points.colour)  # 2nd-98th percentile: one outlier cannot saturate
         fig.add_scattergl(
             x=xy[:, 0],
             y=xy[:, 1],
@@ -179,22 +292,57 @@ def _map_figure(points: Any) -> go.Figure:
                 "size": 5,
                 "color": points.colour,
                 "colorscale": "Viridis",
+                "cmin": span[0] if span else None,
+                "cmax": span[1] if span else None,
                 "colorbar": {"title": points.colour_name},
             },
         )
     fig.update_layout(
-        height=460, margin={"t": 30, "b": 10}, title=f"coloured by {points.colour_name}"
+        height=460,
+        margin={"t": 30, "b": 10},
+        title=f"coloured by {points.colour_name}"
+        + ("" if points.categorical else " (colour scale: 2nd to 98th percentile)"),
+        xaxis_title="UMAP 1",
+        yaxis_title="UMAP 2",
     )
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     return fig
 
 
-with st.expander("UMAP map of activations", expanded=False):
+with st.expander("UMAP map of activations", expanded=MAP in st.session_state):
+    st.caption(
+        "Each dot is one activation (a token), placed so that similar activations sit close; "
+        "the axes have no units. Colour shows a component's code, the document, or your labels."
+    )
     u1, u2, u3 = st.columns(3)
-    colour = u1.selectbox("Colour by", ["component", "doc", "label"], key="dec_umap_colour")
-    comp = int(u2.number_input("Component", 0, dictionary.n_components_ - 1, 0, key="dec_umap_c"))
-    n_points = int(u3.number_input("Points", 16, 20_000, 600, step=100, key="dec_umap_n"))
+    colour = u1.selectbox(
+        "Colour by",
+        ["component", "doc", "label"],
+        key="dec_umap_colour",
+        help="component: the chosen component's code; doc: which document; label: your labels",
+    )
+    comp = int(
+        u2.number_input(
+            "Component",
+            0,
+            dictionary.n_components_ - 1,
+            0,
+            key="dec_umap_c",
+            help="the component whose code colours the dots",
+        )
+    )
+    n_points = int(
+        u3.number_input(
+            "Points",
+            16,
+            20_000,
+            600,
+            step=100,
+            key="dec_umap_n",
+            help="a random sample of rows; more points take longer",
+        )
+    )
     labels_text = ""
     if colour == "label":
         labels_text = st.text_area(
@@ -203,18 +351,20 @@ with st.expander("UMAP map of activations", expanded=False):
         )
     if st.button("Draw map", key="dec_umap_go"):
         doc_labels = [x.strip() for x in labels_text.splitlines()] if labels_text else None
+        st.session_state[MAP] = (
+            store_path,
+            stamp,
+            layer,
+            colour,
+            comp,
+            n_points,
+            tuple(doc_labels) if doc_labels else None,
+        )
+    drawn = st.session_state.get(MAP)
+    if drawn is not None and drawn[0] == store_path and drawn[1] == stamp:
+        # The map stays on the page across reruns; the cache makes redrawing it instant.
         with st.spinner("Running UMAP (the first map in a process compiles numba code)…"):
-            points = attempt(
-                results.activation_map,
-                store_path,
-                stamp,
-                layer,
-                colour,
-                dictionary,
-                comp,
-                n_points,
-                tuple(doc_labels) if doc_labels else None,
-            )
+            points = attempt(results.activation_map, *drawn[:4], dictionary, *drawn[4:])
         if points is not None:
             st.plotly_chart(_map_figure(points), key="dec_umap_plot")
 
@@ -237,17 +387,41 @@ shown = st.multiselect(
 )
 
 
-def _send(label: str, vector: Any, coeff: float | None = None) -> None:
-    """Keep ``vector`` and open it on the steer page (in norm units when a scale is known)."""
+def _kept_label(name: str) -> str:
+    """The label a candidate is kept and steered under: its one name, with where it came from."""
+    return f"{name} ({method_name}, layer {layer})"
+
+
+def _send(name: str, vector: Any, coeff: float) -> None:
+    """Keep ``vector`` and open it on the steer page in norm units at ``coeff`` (every send uses
+    the same unit: a multiple of the layer's mean residual norm)."""
+    label = _kept_label(name)
     state.keep_vector(label, vector)
     st.session_state[state.SEND_TO_STEER] = label
+    st.session_state[state.SENT_PRESET] = {
+        "label": label,
+        "layer": layer,
+        "units": "norm",
+        "coeff": coeff,
+    }
     st.session_state["steer_vec_src"] = "Kept or discovered"
     st.session_state["steer_vec_kept"] = label
-    st.session_state["steer_layer"] = layer
-    if coeff is not None:
-        st.session_state["steer_units"] = "norm"
-        st.session_state["steer_coeff_norm"] = coeff
+    st.session_state["steer_layer"] = str(layer)
+    st.session_state["steer_units"] = "norm"
+    st.session_state["steer_coeff_norm"] = round(float(coeff), 2)
     st.switch_page("views/3_steer.py")
+
+
+def _discovered() -> Discovery | None:
+    """The ranked candidates of the dictionary on the page, if they were ranked."""
+    found: Discovery | None = st.session_state.get(CANDIDATES)
+    return found
+
+
+def _calibrated(index: int, sign: int) -> Candidate | None:
+    found = _discovered()
+    name = candidate_name(index, sign)
+    return next((c for c in found.candidates if c.name == name), None) if found else None
 
 
 def _card(r: ComponentReport) -> None:
@@ -257,12 +431,23 @@ def _card(r: ComponentReport) -> None:
             if r.explained_variance_ratio is None
             else (f" · {r.explained_variance_ratio:.1%} of variance")
         )
-        st.markdown(f"**Component {r.index}**{evr_text}")
+        st.markdown(
+            f"**Component {r.index}**{evr_text} · candidates `{candidate_name(r.index, 1)}` (+) "
+            f"and `{candidate_name(r.index, -1)}` (−)"
+        )
         left, mid, right = st.columns([2, 3, 2])
         if r.lens is not None:
-            left.markdown("Logit lens: promotes " + token_chips([t.token for t in r.lens.promoted]))
+            left.markdown(
+                "Logit lens: promotes " + token_chips([t.token for t in r.lens.promoted]),
+                help="tokens whose unembedding points most along this direction (cosine); "
+                "secondary evidence of what it means",
+            )
             left.markdown("suppresses " + token_chips([t.token for t in r.lens.suppressed]))
-        mid.markdown("Top contexts")
+        mid.markdown(
+            "Top contexts",
+            help="the tokens (highlighted) where this component's code is highest, with a few "
+            "tokens either side",
+        )
         mid.html("<br>".join(marked_context_html(c.left, c.token, c.right) for c in r.top))
         if r.bottom:
             mid.markdown("Most negative contexts")
@@ -278,18 +463,31 @@ def _card(r: ComponentReport) -> None:
         fig.update_layout(
             height=180,
             margin={"t": 10, "b": 10, "l": 10, "r": 10},
-            xaxis_title="activation",
+            xaxis_title="code (activation along the component)",
             yaxis_title="rows",
         )
         right.plotly_chart(fig, key=f"dec_hist_{r.index}")
         b1, b2 = right.columns(2)
         for sign, col in ((1, b1), (-1, b2)):
+            name = candidate_name(r.index, sign)
+            cand = _calibrated(r.index, sign)
+            coeff = cand.suggested_coeff if cand is not None else None
+            tip = (
+                f"open {name} on the Steer page at its calibrated coefficient {coeff:.3g} "
+                "(norm units)"
+                if coeff is not None
+                else f"open {name} on the Steer page at {TrialSettings().coeff_start:g} x the "
+                "residual norm (norm units), where calibration starts; rank the candidates "
+                "below for a coefficient within the damage budget"
+            )
             if col.button(
-                f"Steer {'+' if sign > 0 else '−'}{r.index}", key=f"dec_send_{r.index}_{sign}"
+                f"Steer {'+' if sign > 0 else '−'}{r.index}",
+                key=f"dec_send_{r.index}_{sign}",
+                help=tip,
             ):
                 vec = attempt(results.vector_from_component, model.name, dictionary, r.index, sign)
                 if vec is not None:
-                    _send(f"{method_name}{'+' if sign > 0 else '-'}{r.index}@{layer}", vec)
+                    _send(name, vec, coeff if coeff is not None else TrialSettings().coeff_start)
 
 
 if shown:
@@ -314,7 +512,8 @@ st.caption(
     "Both signs of every component, each calibrated to the largest coefficient (in units of the "
     "layer's mean residual norm) that keeps held-out perplexity within the damage budget, then "
     "described by what it does there. Ranked by between-document share x effect over random "
-    "directions of the same damage; inert candidates (no stronger than random) last."
+    "directions of the same damage; inert candidates (no stronger than random) last. Hover over "
+    "a column title for its meaning."
 )
 c1, c2 = st.columns(2)
 budget = c1.number_input(
@@ -333,53 +532,135 @@ rank_by = c2.selectbox(
     key="dec_rank_by",
     help="combined: between-document share x effect over random controls; or one signal alone",
 )
+
+
+def _rank() -> dict[str, Any]:
+    found = results.discovery(
+        model.name, dictionary, store_path, stamp, layer, float(budget), str(rank_by)
+    )
+    return {"found": found}
+
+
+def _rank_summary(d: dict[str, Any]) -> list[str]:
+    found: Discovery = d["found"]
+    over = sum(over_budget(c, found.settings.damage_budget) for c in found.candidates)
+    top = found.candidates[0] if found.candidates else None
+    return [
+        f"{len(found.candidates)} candidates, {over} over the damage budget, "
+        f"{sum(c.inert for c in found.candidates)} inert",
+        f"top: {top.label}" if top else "",
+    ]
+
+
 if st.button("Rank candidates", key="dec_rank"):
     with st.spinner("Calibrating every candidate…"):
-        found = attempt(
-            results.discovery,
-            model.name,
-            dictionary,
-            store_path,
-            stamp,
-            layer,
-            float(budget),
-            str(rank_by),
+        ranked = history.run(
+            RUNS_RANK,
+            model,
+            f"{method_name} layer {layer}, budget x{budget:g}, by {rank_by}",
+            _rank,
+            _rank_summary,
         )
-    if found is not None:
-        st.session_state[CANDIDATES] = found
-found = st.session_state.get(CANDIDATES)
+    if ranked is not None:
+        st.session_state[CANDIDATES] = ranked["found"]
+found = _discovered()
 if found is not None:
-    st.caption(f"Site: {found.to_json()['layer_convention']}")
+    budget_used = found.settings.damage_budget
+    st.caption(
+        f"Site: {found.to_json()['layer_convention']}. Damage budget x{budget_used:g}; "
+        f"coefficients are multiples of the layer's mean residual norm ({found.mean_norm:.3g})."
+    )
+    defs = DEFINITIONS
+
+    def _col(title: str, key: str, fmt: str | None = None) -> Any:
+        if fmt is None:
+            return st.column_config.TextColumn(title, help=defs.get(key, ""))
+        return st.column_config.NumberColumn(title, help=defs.get(key, ""), format=fmt)
+
     st.dataframe(
         [
             {
                 "name": c.name,
+                "warning": "; ".join(found.flags(c)),
                 "label": c.label,
-                "suggested coeff (norm)": c.suggested_coeff,
-                "ppl ratio": c.ppl_ratio,
-                "effect (KL, nats)": c.effect,
-                "x random": c.effect_vs_random,
-                "between-doc share": c.between_doc_share,
+                "suggested_coeff": c.suggested_coeff,
+                "ppl_ratio": c.ppl_ratio,
+                "effect": c.effect,
+                "effect_vs_random": c.effect_vs_random,
+                "between_doc_share": c.between_doc_share,
+                "score": c.score,
                 "inert": c.inert,
-                "contrastive words": ", ".join(c.contrastive_words),
+                "contrastive_words": ", ".join(c.contrastive_words),
                 "completion": c.completions[0] if c.completions else "",
             }
             for c in found.candidates
         ],
         hide_index=True,
         key="dec_table",
+        column_config={
+            "name": st.column_config.TextColumn(
+                "name", help="c<component><pos|neg>: the one name of this candidate everywhere"
+            ),
+            "warning": st.column_config.TextColumn("warning", help=defs["flags"]),
+            "label": _col("label", "label"),
+            "suggested_coeff": _col("coeff (x resid norm)", "suggested_coeff", "%.3f"),
+            "ppl_ratio": _col("perplexity ratio", "ppl_ratio", "x%.2f"),
+            "effect": _col("effect (KL, nats)", "effect", "%.3f"),
+            "effect_vs_random": _col("effect / random", "effect_vs_random", "%.2f"),
+            "between_doc_share": _col("between-doc share", "between_doc_share", "%.2f"),
+            "score": _col("score", "score", "%.3g"),
+            "inert": st.column_config.CheckboxColumn("inert", help=defs["inert"]),
+            "contrastive_words": _col("contrastive words", "contrastive_words"),
+            "completion": st.column_config.TextColumn(
+                "a steered completion", help="the first sampled completion at suggested_coeff"
+            ),
+        },
     )
-    names = [f"{c.label}{' (inert)' if c.inert else ''}" for c in found.candidates]
+    names = [
+        ("⚠ " if found.flags(c) and over_budget(c, budget_used) else "")
+        + c.label
+        + (" (inert)" if c.inert else "")
+        for c in found.candidates
+    ]
     pick = st.selectbox(
-        "Candidate", range(len(names)), format_func=lambda i: names[i], key="dec_pick"
+        "Candidate",
+        range(len(names)),
+        format_func=lambda i: names[i],
+        key="dec_pick",
+        help="⚠: over the damage budget",
     )
     cand = found.candidates[pick]
-    if cand.suggested_coeff is None:
-        st.warning("No coefficient kept this candidate within the damage budget.")
+    flags = found.flags(cand)
+    over = over_budget(cand, budget_used)
+    for flag in flags:
+        (st.error if flag.startswith("over the damage budget") else st.warning)(
+            f"{cand.name}: {flag}", icon=":material/warning:"
+        )
+    anyway = False
+    if over and cand.suggested_coeff is not None:
+        anyway = st.checkbox(
+            f"Send {cand.name} anyway, knowing its text will likely break",
+            value=False,
+            key=f"dec_send_anyway_{cand.name}",
+        )
+    reason = blocked(
+        [
+            None
+            if cand.suggested_coeff is not None
+            else "no coefficient kept this candidate within the damage budget",
+            None if not over or anyway else "tick “send anyway” to steer with it",
+        ]
+    )
     if st.button(
-        "Send to steering",
+        f"Send {cand.name} to steering",
         type="primary",
         key="dec_send",
-        disabled=cand.suggested_coeff is None,
+        disabled=reason is not None,
+        help="opens the Steer page with this candidate at its suggested coefficient, in norm units",
     ):
-        _send(f"{method_name}{cand.name}@{layer}", cand.vector, cand.suggested_coeff)
+        assert cand.suggested_coeff is not None
+        _send(cand.name, cand.vector, cand.suggested_coeff)
+    why_disabled(reason)
+
+history.show(RUNS_FIT)
+history.show(RUNS_RANK)

@@ -8,36 +8,75 @@ from typing import Any
 
 import streamlit as st
 
-from app import results, state
+from app import history, results, state
 from app.paths import save_vector
 from app.vector_picker import vector_picker
-from app.widgets import attempt, completion_box, preset, token_passage_html
+from app.widgets import (
+    attempt,
+    blocked,
+    completion_box,
+    how_to_read,
+    layer_field,
+    preset,
+    token_passage_html,
+    token_text,
+    why_disabled,
+)
 from workbench.steer.plan import STEER_POSITIONS, PlanEntry, SteeringPlan
 from workbench.steer.sampling import ACTADD, Sampling
 from workbench.vectors.vector import UNITS
 
-LAST = "steer_last"  # session key: the latest run (plan, vector, label, result)
+LAST = "steer_last"  # session key: the latest good run (plan, vector, label, result)
+DEFAULTS = {"steer_units": "raw", "steer_coeff_raw": 5.0, "steer_coeff_norm": 1.0}
 
 st.title("Steer")
+how_to_read(
+    "Pick a vector, a layer and a coefficient, and press Steer: the left column is the model "
+    "as it is, the right one the same samples (same random seeds) with the vector added. Below, "
+    "each token of a passage is green when steering makes it more likely, red when less."
+)
 model = state.require_model()
+
+# A candidate sent from discovery sets the layer, units and coefficient for itself; once the
+# user picks another vector those settings go back to the defaults instead of carrying over.
+sent_preset = st.session_state.get(state.SENT_PRESET)
+if sent_preset:
+    still = st.session_state.get("steer_vec_src") == "Kept or discovered" and (
+        st.session_state.get("steer_vec_kept") == sent_preset["label"]
+    )
+    if not still:
+        st.session_state.pop(state.SENT_PRESET)
+        st.session_state["steer_layer"] = str(max(0, model.n_layers // 5))
+        st.session_state.update(DEFAULTS)
+        st.info(
+            f"Layer, units and coefficient are back to their defaults: they had been set for "
+            f"{sent_preset['label']!r}, which is no longer the chosen vector."
+        )
 
 # --------------------------------------------------------------------------- the vector
 
 st.subheader("Vector")
-preset("steer_layer", max(0, model.n_layers // 5))
-layer = int(
-    st.number_input(
-        "Layer",
-        min_value=0,
-        max_value=model.n_layers - 1,
-        key="steer_layer",
-        help="where the vector is built and added (residual stream before the block)",
-    )
+layer = layer_field(
+    "Layer",
+    "steer_layer",
+    model.n_layers,
+    max(0, model.n_layers // 5),
+    help="where the vector is built and added (residual stream before the block), "
+    f"0 to {model.n_layers - 1}",
 )
 sent = st.session_state.get(state.SEND_TO_STEER)
 choice = vector_picker(
-    model, "steer_vec", layer, default="Kept or discovered" if sent in state.library() else None
+    model,
+    "steer_vec",
+    0 if layer is None else layer,
+    default="Kept or discovered" if sent in state.library() else None,
 )
+if sent_preset and st.session_state.get(state.SENT_PRESET):
+    st.info(
+        f"Layer {sent_preset['layer']}, {sent_preset['units']} units and coefficient "
+        f"{sent_preset['coeff']:.3g} were set for {sent_preset['label']!r} by the discovery page; "
+        "choosing another vector puts them back to the defaults."
+    )
 own_layers = choice.made_at is None and not st.checkbox(
     "Move it to the layer above",
     value=False,
@@ -49,20 +88,35 @@ own_layers = choice.made_at is None and not st.checkbox(
 
 st.subheader("Coefficient and position")
 c1, c2, c3 = st.columns([1, 3, 1])
-preset("steer_units", "raw")
-preset("steer_coeff_raw", 5.0)
-preset("steer_coeff_norm", 1.0)
+for k, v in DEFAULTS.items():
+    preset(k, v)
 units = c1.radio(
     "Units",
     UNITS,
     horizontal=True,
     key="steer_units",
-    help="raw: multiplies the vector; norm: added norm / the layer's mean norm",
+    help="raw: multiplies the vector as it is; norm: the added vector's norm as a multiple of "
+    "the layer's mean residual norm (1.0 = as long as the residual stream itself)",
 )
 if units == "raw":
-    coeff = c2.slider("Coefficient", -30.0, 30.0, step=0.5, key="steer_coeff_raw")
+    coeff = c2.slider(
+        "Coefficient",
+        -30.0,
+        30.0,
+        step=0.5,
+        key="steer_coeff_raw",
+        help="how many times the vector is added; negative subtracts it",
+    )
 else:
-    coeff = c2.slider("Coefficient", -4.0, 4.0, step=0.05, key="steer_coeff_norm")
+    coeff = c2.slider(
+        "Coefficient",
+        -4.0,
+        4.0,
+        step=0.01,
+        key="steer_coeff_norm",
+        help="added norm / the layer's mean residual norm; discovery's suggested coefficients "
+        "are in these units",
+    )
 position = c3.selectbox(
     "Position",
     ["default", *STEER_POSITIONS],
@@ -73,13 +127,36 @@ position = c3.selectbox(
 # --------------------------------------------------------------------------- prompt, sampling
 
 st.subheader("Prompt")
-prompt = st.text_input("Prompt", value="I hate you because", key="steer_prompt")
-c1, c2, c3 = st.columns(3)
-n = int(c1.number_input("Samples", 1, 16, state.DEFAULT_SAMPLES, key="steer_n"))
-new_tokens = int(
-    c2.number_input("New tokens", 1, 256, state.DEFAULT_NEW_TOKENS, key="steer_tokens")
+prompt = st.text_input(
+    "Prompt",
+    value="I hate you because",
+    key="steer_prompt",
+    help="the text both columns continue",
 )
-seed = int(c3.number_input("Seed", 0, 2**31 - 1, 0, key="steer_seed"))
+c1, c2, c3 = st.columns(3)
+n = int(
+    c1.number_input(
+        "Samples",
+        1,
+        16,
+        state.DEFAULT_SAMPLES,
+        key="steer_n",
+        help="completions per column; sample i uses the same random draws in both columns",
+    )
+)
+new_tokens = int(
+    c2.number_input(
+        "New tokens",
+        1,
+        256,
+        state.DEFAULT_NEW_TOKENS,
+        key="steer_tokens",
+        help="length of each completion in tokens",
+    )
+)
+seed = int(
+    c3.number_input("Seed", 0, 2**31 - 1, 0, key="steer_seed", help="same seed, same samples")
+)
 with st.expander("Sampling (ActAdd's settings by default)"):
     s1, s2, s3 = st.columns(3)
     temperature = s1.number_input(
@@ -93,6 +170,7 @@ with st.expander("Sampling (ActAdd's settings by default)"):
 
 def run_steer() -> dict[str, Any]:
     """Build the vector and the one-entry plan, and generate both columns (all library)."""
+    assert layer is not None  # the button is disabled without one
     vector = choice.build()
     entry = PlanEntry(
         vector,
@@ -125,17 +203,37 @@ def run_steer() -> dict[str, Any]:
     }
 
 
-if st.button("Steer", type="primary", key="steer_go"):
-    st.session_state.pop(LAST, None)
+def _summary(run: dict[str, Any]) -> list[str]:
+    res = run["result"]
+    e = res["plan"][0]
+    head = (
+        f"**{e['label']}** × {e['coeff']:.3g} ({e['units']}) at layer "
+        f"{','.join(map(str, e['layers']))} · prompt {res['prompt']!r} · seed "
+        f"{res['settings']['seed']}"
+    )
+    pairs = [
+        f"- unsteered: {u!r}  \n  steered: {s!r}"
+        for u, s in zip(res["unsteered"][:2], res["steered"][:2], strict=False)
+    ]
+    return [head, *pairs]
+
+
+reason = blocked(
+    [
+        None if layer is not None else "give a valid layer first (see the Layer field)",
+        None if prompt.strip() else "the prompt is empty: type the text to continue",
+    ]
+)
+if st.button("Steer", type="primary", key="steer_go", disabled=reason is not None):
     with st.spinner("Generating both columns under the same seeds…"):
-        run = attempt(run_steer)
-    if run is not None:
-        st.session_state[LAST] = run
+        history.run(LAST, model, f"{choice.label} × {coeff:g} {units}", run_steer, _summary)
+why_disabled(reason)
 
 # --------------------------------------------------------------------------- results
 
-last = st.session_state.get(LAST)
-if last and last["model"] == model.name:
+got = st.session_state.get(LAST)
+last = got["data"] if got and got["model"] == model.name else None
+if last:
     res = last["result"]
     e = res["plan"][0]
     st.caption(
@@ -178,17 +276,24 @@ if last and last["model"] == model.name:
             f"(hover for numbers). Mean change {fx.mean_delta:+.3f} nats per token."
         )
         up, down = st.columns(2)
-        up.dataframe(
-            {"token": [t for t, _ in fx.top(5)], "change": [d for _, d in fx.top(5)]},
-            hide_index=True,
-        )
-        down.dataframe(
-            {
-                "token": [t for t, _ in fx.top(5, largest=False)],
-                "change": [d for _, d in fx.top(5, largest=False)],
-            },
-            hide_index=True,
-        )
+        columns = {
+            "token": st.column_config.TextColumn(
+                "token", help="the token as the model splits the text (↵: a new line)"
+            ),
+            "change": st.column_config.NumberColumn(
+                "change (nats)",
+                help="log-probability under steering minus unsteered; +0.69 = twice as likely",
+                format="%+.3f",
+            ),
+        }
+        for col, largest, title in ((up, True, "Made more likely"), (down, False, "Less likely")):
+            top = fx.top(5, largest=largest)
+            col.markdown(f"**{title}**")
+            col.dataframe(
+                {"token": [token_text(t) for t, _ in top], "change": [d for _, d in top]},
+                hide_index=True,
+                column_config=columns,
+            )
 
     st.subheader("Keep this vector")
     k1, k2, k3 = st.columns([3, 1, 1], vertical_alignment="bottom")
@@ -201,3 +306,5 @@ if last and last["model"] == model.name:
         saved = attempt(save_vector, last["vector"], dest)
         if saved is not None:
             st.success(f"Saved to {saved}")
+
+history.show(LAST)

@@ -82,9 +82,13 @@ def _boxes(at: AppTest, kind: str) -> list[str]:
 
 
 def test_every_page_renders_its_controls(at: AppTest) -> None:
+    assert at.title[0].value == "Steering workbench"  # the landing page: the five steps
+    assert len(at.get("page_link")) == 5
+    _open(at, "data")
     assert at.selectbox(key="model_pick").value == at.session_state["model_name"]
     assert at.button(key="data_capture").label == "Capture"
     assert at.multiselect(key="data_layers").value == [2]  # middle of 4 layers
+    assert at.checkbox(key="data_overwrite").value is False  # never replace a store by default
     _open(at, "decompose")
     assert any("No activation store yet" in str(i.value) for i in at.info)
     _open(at, "steer")
@@ -147,14 +151,24 @@ def test_coefficient_zero_leaves_every_token_unchanged(at: AppTest) -> None:
     assert any("Mean change +0.000 nats" in str(c.value) for c in at.caption)
 
 
+def _disabled_because(at: AppTest, key: str) -> str:
+    """The inline reason under the disabled button ``key``."""
+    assert at.button(key=key).disabled
+    return " ".join(str(c.value) for c in at.caption)
+
+
 def test_bad_inputs_show_readable_errors(at: AppTest) -> None:
     _open(at, "steer")
-    at.text_input(key="steer_prompt").set_value("   ")
-    at.button(key="steer_go").click().run()
-    assert any("prompt is empty" in m for m in _errors(at))
+    at.text_input(key="steer_prompt").set_value("   ").run()
+    assert "the prompt is empty" in _disabled_because(at, "steer_go")
     assert not _boxes(at, "steered")
+    at.text_input(key="steer_layer").set_value("99").run()
+    assert any("layer 99 is outside" in m for m in _errors(at))
+    at.text_input(key="steer_layer").set_value("x").run()
+    assert any("layer 'x' is not a whole number" in m for m in _errors(at))
+    at.text_input(key="steer_layer").set_value("0")
 
-    at.text_input(key="steer_prompt").set_value("Hello")
+    at.text_input(key="steer_prompt").set_value("Hello").run()
     at.text_input(key="steer_vec_pos").set_value("")
     at.button(key="steer_go").click().run()
     assert any("a prompt is empty" in m for m in _errors(at))
@@ -168,9 +182,8 @@ def test_bad_inputs_show_readable_errors(at: AppTest) -> None:
     assert any("outside the workspace root" in m for m in _errors(at))
 
     _open(at, "data")
-    at.multiselect(key="data_layers").set_value([])
-    at.button(key="data_capture").click().run()
-    assert any("give at least one layer (0..3)" in m for m in _errors(at))
+    at.multiselect(key="data_layers").set_value([]).run()
+    assert "choose at least one layer (0 to 3)" in _disabled_because(at, "data_capture")
 
     _open(at, "overshoot")
     at.text_input(key="ov_coeffs").set_value("0, 2, lots")
@@ -178,12 +191,14 @@ def test_bad_inputs_show_readable_errors(at: AppTest) -> None:
     assert any("'lots' is not a number" in m for m in _errors(at))
 
     _open(at, "data")
+    before = at.session_state["model_name"]
     at.text_input(key="model_typed").set_value("/no/such/model").run()
     at.button(key="model_use").click().run()
     assert any("model path not found: /no/such/model" in m for m in _errors(at))
-    at.text_input(key="model_typed").set_value("").run()  # back to the listed model
-    at.button(key="model_use").click().run()
+    assert at.session_state["model_name"] == before  # a failed load is never committed
+    at.text_input(key="model_typed").set_value("").run()
     _ok(at)
+    _open(at, "steer")  # every page still works on the session's model
 
 
 def test_saved_vector_is_applied_at_its_own_layer(
@@ -197,7 +212,7 @@ def test_saved_vector_is_applied_at_its_own_layer(
     at.number_input(key="steer_tokens").set_value(4)
     at.button(key="steer_go").click().run()
     _ok(at)
-    plan = at.session_state["steer_last"]["result"]["plan"]
+    plan = at.session_state["steer_last"]["data"]["result"]["plan"]
     assert plan[0]["layers"] == [3] and plan[0]["position"] == "front"
 
 
@@ -232,7 +247,7 @@ def test_compose_draws_retention_interference_and_cosine(at: AppTest) -> None:
     _ok(at)
     at.text_input(key="cmp_vec_pos").set_value(" wedding")
     at.text_input(key="cmp_vec_neg").set_value(" ")
-    at.number_input(key="cmp_layer").set_value(2)
+    at.text_input(key="cmp_layer").set_value("2")
     at.radio(key="cmp_metric").set_value("target words").run()
     at.button(key="cmp_add").click().run()
     _ok(at)
@@ -254,6 +269,7 @@ def test_compose_draws_retention_interference_and_cosine(at: AppTest) -> None:
 
 
 def test_capture_decompose_and_send_a_candidate_to_steering(at: AppTest, tmp_path: Path) -> None:
+    _open(at, "data")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(
         "".join(f"Document number {i} talks about topic {i % 3}.\n" for i in range(12))
@@ -262,6 +278,8 @@ def test_capture_decompose_and_send_a_candidate_to_steering(at: AppTest, tmp_pat
     at.text_input(key="data_path").set_value(str(corpus)).run()
     at.number_input(key="data_limit").set_value(10)
     at.number_input(key="data_tokens").set_value(16)
+    out = str(at.text_input(key="data_out").value)
+    assert "corpus.txt" in out and out.endswith("resid_pre-L2")  # follows the corpus
     at.button(key="data_capture").click().run()
     _ok(at)
     path = at.session_state["store_path"]
@@ -295,25 +313,46 @@ def test_capture_decompose_and_send_a_candidate_to_steering(at: AppTest, tmp_pat
     assert len(_array(umap["x"])) == 40 == len(_array(umap["marker"]["color"]))
     assert umap["marker"]["colorbar"]["title"]["text"] == "component 0"
 
+    # The map stays on the page when another button is pressed (redrawn from the cache).
     at.button(key="dec_rank").click().run()
     _ok(at)
+    assert any(
+        json.loads(c.proto.spec)["data"][0]["type"] == "scattergl" for c in at.get("plotly_chart")
+    )
     found = at.session_state["decompose_candidates"]
     assert len(found.candidates) == 6  # both signs of 3 components
     keys = [(c.inert, -c.score) for c in found.candidates]
     assert keys == sorted(keys)
     top = found.candidates[0]
-    assert top.suggested_coeff is not None
+    assert top.suggested_coeff is not None and top.label.startswith(f"{top.name}: ")
+    assert list(at.dataframe[0].value.columns)[:2] == ["name", "warning"]
+    # A candidate over the damage budget is badged and is not sent without a warning.
+    found.candidates[0] = replace(top, ppl_ratio=33.8)
+    at.run()
+    assert any("over the damage budget: perplexity x33.8" in str(e.value) for e in at.error)
+    assert "tick “send anyway”" in _disabled_because(at, "dec_send")
+    at.checkbox(key=f"dec_send_anyway_{top.name}").check().run()
+    assert not at.button(key="dec_send").disabled
+    found.candidates[0] = top
+    at.run()
     at.button(key="dec_send").click().run()
     sent = at.session_state["send_to_steer"]
-    assert sent in at.session_state["vector_library"]
+    assert sent in at.session_state["vector_library"] and sent.startswith(top.name)
     assert at.session_state["steer_units"] == "norm"
     # The candidate goes to the steer page at its calibrated coefficient.
-    assert at.session_state["steer_coeff_norm"] == top.suggested_coeff
+    assert at.session_state["steer_coeff_norm"] == round(top.suggested_coeff, 2)
 
     at.switch_page(PAGES["steer"]).run()
     _ok(at)
     assert at.radio(key="steer_vec_src").value == "Kept or discovered"
     assert at.selectbox(key="steer_vec_kept").value == sent
+    assert any(sent in str(i.value) for i in at.info)  # says the settings were set for it
+    # Another vector: the candidate's layer, units and coefficient do not carry over.
+    at.radio(key="steer_vec_src").set_value("Prompt pair").run()
+    _ok(at)
+    assert at.session_state["steer_units"] == "raw"
+    assert at.text_input(key="steer_layer").value == "0"
+    assert any("back to their defaults" in str(i.value) for i in at.info)
 
 
 def test_workbench_app_command_binds_locally() -> None:
