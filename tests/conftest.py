@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny randomly initialised models (Llama and GPT-2 shaped), built once."""
+"""Shared fixtures: tiny randomly initialised models (Llama, GPT-2 and Gemma 3 shaped), built once."""
 
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ def tiny_model(tiny_model_dir: Path) -> Model:
 @pytest.fixture(scope="session")
 def tiny_gpt2(tiny_gpt2_dir: Path) -> Model:
     return load_model(str(tiny_gpt2_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    """A tiny random Gemma 3 block stack: a norm after each branch, so its attn_out and mlp_out
+    are the normed branch outputs."""
+    return load_model(str(make_tiny_model(tmp_path_factory.mktemp("tiny-gemma3"), arch="gemma3")))
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,8 @@ def make_tiny_model(
     n_ctx: int = 128,
     seed: int = 0,
 ) -> Path:
-    """Write a tiny random causal LM (``llama`` or ``gpt2``) with its tokenizer to ``folder``."""
+    """Write a tiny random causal LM (``llama``, ``gpt2`` or ``gemma3``, the block with a norm
+    after each branch) with its tokenizer to ``folder``."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     folder = Path(folder)
@@ -87,10 +88,29 @@ def make_tiny_model(
             n_ctx=n_ctx,  # TransformerLens reads the pre-v5 attribute name
             **common,
         )
+    elif arch == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        config = Gemma3TextConfig(
+            hidden_size=d_model,
+            intermediate_size=4 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=max(1, n_heads // 2),
+            head_dim=d_model // n_heads,
+            max_position_embeddings=n_ctx,
+            sliding_window=16,
+            tie_word_embeddings=True,
+            **common,
+        )
     else:
-        raise ValueError(f"unknown tiny architecture {arch!r}: use 'llama' or 'gpt2'")
+        raise ValueError(f"unknown tiny architecture {arch!r}: use 'llama', 'gpt2' or 'gemma3'")
     torch.manual_seed(seed)
-    config.architectures = ["LlamaForCausalLM" if arch == "llama" else "GPT2LMHeadModel"]
+    config.architectures = [
+        {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel", "gemma3": "Gemma3ForCausalLM"}[
+            arch
+        ]
+    ]
     model = AutoModelForCausalLM.from_config(config)
     # Larger-than-default init so random models give peaked, seed-sensitive distributions.
     with torch.no_grad():

@@ -318,7 +318,9 @@ def test_progress_callback_and_hooks_removed(tiny_model: Model, tmp_path: Path) 
     assert hooked == []
 
 
-def test_resid_mid_runs_on_transformer_lens(tiny_model: Model, tmp_path: Path) -> None:
+def test_resid_mid_capture_on_transformers_matches_transformer_lens(
+    tiny_model: Model, tmp_path: Path
+) -> None:
     res = capture(
         tiny_model,
         DOCS[:2],
@@ -329,8 +331,8 @@ def test_resid_mid_runs_on_transformer_lens(tiny_model: Model, tmp_path: Path) -
         progress_bar=False,
     )
     store = ActivationStore.open(res.path)
-    assert store.manifest["backend"] == "tl"
-    _, ref = _reference(tiny_model, DOCS[0], Site("resid_mid", 2))
+    assert store.manifest["backend"] == "hf"  # one copy of the weights: no TL model needed
+    _, ref = _reference(tiny_model, DOCS[0], Site("resid_mid", 2))  # run_with_cache on TL
     meta = store.rows_meta()
     rows = store.load(2)[meta.doc == 0]
     torch.testing.assert_close(rows, ref[1:], atol=1e-5, rtol=1e-5)

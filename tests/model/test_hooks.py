@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,9 +14,9 @@ from workbench.model.hooks import (
     hooks_applied,
     recording,
 )
-from workbench.model.load import Model
+from workbench.model.load import Model, load_model
 
-KINDS = ["resid_pre", "resid_post", "attn_out", "mlp_out", "z"]
+KINDS = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z"]
 
 
 def _run(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -100,12 +102,51 @@ def test_site_parsing_and_errors() -> None:
         Site.parse("resid_pre")
 
 
-def test_resid_mid_only_on_tl(tiny_model: Model) -> None:
-    with pytest.raises(WorkbenchError, match="only available on backend 'tl'"):
-        add_hooks(tiny_model, [(Site("resid_mid", 1), lambda x: x)], backend="hf")
-    with recording(tiny_model, [Site("resid_mid", 1)], backend="tl") as rec:
-        tiny_model.tl(tiny_model.encode(["hi"])[0])
-    assert rec[Site("resid_mid", 1)].shape[-1] == 64
+@pytest.mark.parametrize("model_name", ["tiny_model", "tiny_gpt2", "tiny_gemma3"])
+def test_branch_sites_add_up_and_resid_mid_steers_in_place(
+    request: pytest.FixtureRequest, model_name: str
+) -> None:
+    """On the transformers path: resid_pre + attn_out = resid_mid, resid_mid + mlp_out =
+    resid_post (Gemma 3 included, whose branches end in a norm); steering resid_mid moves it
+    by exactly the added vector."""
+    model: Model = request.getfixturevalue(model_name)
+    ids, mask, _ = model.encode(["Hello world, I love you", "The fox"])
+    kinds = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+    sites = {k: Site(k, 1) for k in kinds}
+    with recording(model, list(sites.values()), backend="hf") as rec:
+        _run(model, "hf", ids, mask)
+    got = {k: rec[s] for k, s in sites.items()}
+    assert (got["resid_pre"] + got["attn_out"] - got["resid_mid"]).abs().max() < 1e-4
+    assert (got["resid_mid"] + got["mlp_out"] - got["resid_post"]).abs().max() < 1e-4
+    delta = torch.randn(model.d_model)
+    steer = [(sites["resid_mid"], lambda x: x + delta)]
+    with (
+        hooks_applied(model, steer, backend="hf"),
+        recording(model, [sites["resid_mid"]], backend="hf") as after,
+    ):
+        _run(model, "hf", ids, mask)
+    assert (after[sites["resid_mid"]] - got["resid_mid"] - delta).abs().max() < 1e-4
+
+
+def test_default_load_builds_no_transformerlens_copy(tiny_model_dir: Path) -> None:
+    """One resident copy: loading, capture, steering and the logit lens run on the transformers
+    model; the TransformerLens view is built only when asked for."""
+    from workbench.activations.collect import collect
+    from workbench.decompose.inspect import logit_lens
+    from workbench.steer.apply import apply_plan
+    from workbench.steer.plan import SteeringPlan
+    from workbench.vectors.build import from_prompts
+
+    model = load_model(str(tiny_model_dir), reuse=False)
+    assert not model.tl_built
+    sites = [Site(k, 1) for k in ("resid_pre", "resid_mid", "z")]
+    collect(model, ["Hello world"], sites, "all")
+    vec = from_prompts(model, "Love", "Hate", [1])
+    with apply_plan(model, SteeringPlan.of(vec, 2.0)):
+        _run(model, "hf", *model.encode(["Hello world"])[:2])
+    logit_lens(model, torch.randn(model.d_model))
+    assert not model.tl_built, "a second copy of the weights was built"
+    assert model.tl.cfg.d_model == model.d_model and model.tl_built
 
 
 @pytest.mark.parametrize("backend", ["tl", "hf"])
@@ -131,4 +172,5 @@ def test_recording_with_stop_ends_the_pass_after_the_last_site(
 
 def test_backend_for_sites(tiny_model: Model) -> None:
     assert backend_for(tiny_model, [Site("resid_post", 1)]) == "hf"
-    assert backend_for(tiny_model, [Site("resid_mid", 1), Site("resid_post", 1)]) == "tl"
+    # every site kind, resid_mid included, is reached on the transformers model
+    assert backend_for(tiny_model, [Site("resid_mid", 1), Site("z", 1)]) == "hf"

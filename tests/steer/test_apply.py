@@ -93,14 +93,21 @@ def test_hooks_removed_after_exception_user_hooks_kept(tiny_model: Model, backen
         user.remove()
 
 
-def test_failure_halfway_through_registration_rolls_back(tiny_model: Model) -> None:
+def test_failure_halfway_through_registration_rolls_back(
+    tiny_model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ids, mask, _ = tiny_model.encode(PROMPTS[:1])
     clean = _logits(tiny_model, "hf", ids, mask)
     before = _our_hooks(tiny_model)
     ok = PlanEntry(_vec(tiny_model, 0, (64,)), 5.0)
-    mid = PlanEntry(_vec(tiny_model, 1, (64,), site="resid_mid"), 5.0)  # not on the hf path
+    mid = PlanEntry(_vec(tiny_model, 1, (64,), site="mlp_out"), 5.0)
+
+    def no_mlp(_layer: object) -> None:
+        raise WorkbenchError("cannot find the MLP module")  # as on an unknown architecture
+
+    monkeypatch.setattr("workbench.model.hooks._branch_ends", no_mlp)
     with (
-        pytest.raises(WorkbenchError, match="only available on backend 'tl'"),
+        pytest.raises(WorkbenchError, match="cannot find the MLP"),
         apply_plan(tiny_model, SteeringPlan([ok, mid]), backend="hf"),
     ):
         pass

@@ -29,6 +29,7 @@ from workbench.decompose.hygiene import norm_threshold
 from workbench.errors import check
 from workbench.model.hooks import Site
 from workbench.model.load import Model
+from workbench.model.readout import final_norm, norm_bias, unembedding
 from workbench.vectors.vector import SteeringVector
 
 LENS_MODES = ("direction", "delta")
@@ -222,11 +223,11 @@ def activation_histogram(codes: np.ndarray, bins: int = 40) -> Histogram:
 
 def _final_norm(model: Model, x: torch.Tensor, drop_bias: bool) -> torch.Tensor:
     """The model's final norm applied to ``x`` ``(n, d_model)``; LayerNorm bias optional."""
-    ln = getattr(model.tl, "ln_final", None)
+    ln = final_norm(model)
     if ln is None:  # a model without a final norm
         return x
     y: torch.Tensor = ln(x[:, None, :])[:, 0]  # (n, d_model)
-    b = getattr(ln, "b", None)
+    b = norm_bias(ln)
     return y - b if drop_bias and b is not None else y
 
 
@@ -283,7 +284,7 @@ def logit_lens(
     check(mode in LENS_MODES, f"unknown lens mode {mode!r}: use one of {', '.join(LENS_MODES)}")
     check(rank in LENS_RANKS, f"unknown lens rank {rank!r}: use one of {', '.join(LENS_RANKS)}")
     check(k >= 1, f"k={k} must be at least 1")
-    param = next(model.tl.parameters())
+    param = unembedding(model)
     d = torch.as_tensor(np.asarray(direction, dtype=np.float32)).reshape(-1)  # (d_model,)
     check(
         d.numel() == model.d_model,
@@ -301,7 +302,7 @@ def logit_lens(
         pushed = torch.stack([mu + used_alpha * d / d.norm(), mu])  # (2, d_model)
         normed = _final_norm(model, pushed, drop_bias=False)
         h = normed[0] - normed[1]  # (d_model,)
-    W_U = model.tl.W_U  # (d_model, vocab)
+    W_U = unembedding(model)  # (d_model, vocab)
     logits = (h @ W_U).float()  # (vocab,)
     if rank == "cosine":
         logits = logits / W_U.norm(dim=0).float().clamp_min(1e-12)  # (vocab,)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from workbench.errors import check
+from workbench.model.hooks import default_backend, eager_attention
 from workbench.model.load import Model
 from workbench.steer.apply import apply_plan, window_start
 from workbench.steer.plan import PlanEntry, SteeringPlan
@@ -57,8 +58,9 @@ def attention_to_steered(
 ) -> list[float | None]:
     """Mean attention mass on steered positions, per coefficient of ``entry`` (a list).
 
-    Runs the TransformerLens model with the plan's hooks (through :mod:`workbench.model.hooks`) and
-    reads ``hook_pattern`` of every block from ``layer`` on. ``None`` where no prompt has a query
+    Runs the model with the plan's hooks (through :mod:`workbench.model.hooks`) and reads the
+    attention pattern of every block from ``layer`` on (transformers' eager attention, or
+    ``hook_pattern`` on the TransformerLens path). ``None`` where no prompt has a query
     position after the steered window (or for position ``all``).
     """
     coeffs = entry.coeff if isinstance(entry.coeff, list) else [entry.coeff]
@@ -71,7 +73,8 @@ def attention_to_steered(
     last = torch.where(keys, torch.arange(keys.shape[1])[None, :], -1).max(1).values  # (prompts,)
     queries = (torch.arange(keys.shape[1])[None, :] > last[:, None]) & mask.bool()  # (prompts, pos)
     queries &= (last >= 0)[:, None]
-    names = {f"blocks.{b}.attn.hook_pattern" for b in range(layer, model.n_layers)}
+    blocks = range(layer, model.n_layers)
+    backend = default_backend(model)
     n_p = len(prompts)
     rows = [(k, p) for k in range(len(coeffs)) for p in range(n_p)]
     mass = torch.full((len(rows),), float("nan"))  # (rows,)
@@ -80,21 +83,15 @@ def attention_to_steered(
         sel = torch.tensor([p for _, p in chunk])
         plan = SteeringPlan([entry.with_coeff([float(coeffs[k]) for k, _ in chunk])])
         zeros = torch.zeros(len(chunk), dtype=torch.long)
-        with (
-            apply_plan(model, plan, backend="tl", pad_offsets=zeros, prompt_lengths=lengths[sel]),
-            torch.inference_mode(),
-        ):
-            _, cache = model.tl.run_with_cache(
-                ids[sel],
-                attention_mask=mask[sel],
-                names_filter=lambda n: n in names,
-                return_type=None,
-            )
+        steer = apply_plan(
+            model, plan, backend=backend, pad_offsets=zeros, prompt_lengths=lengths[sel]
+        )
+        with steer, torch.inference_mode():
+            patterns = _patterns(model, backend, ids[sel], mask[sel], blocks)
         kq = keys[sel].to(torch.float32)  # (b, pos)
         q = queries[sel]  # (b, pos)
         per_layer = []
-        for name in sorted(names):
-            pattern = cache[name].float()  # (b, heads, q, k)
+        for pattern in patterns:  # (b, heads, q, k) each
             on_keys = (pattern * kq[:, None, None, :]).sum(-1).mean(1)  # (b, q)
             per_layer.append(on_keys)
         avg = torch.stack(per_layer).mean(0)  # (b, q)
@@ -130,3 +127,19 @@ def explain(
     if ratio < 1:
         text += "; the vector is still smaller than the stream, so it breaks by direction, not size"
     return text
+
+
+def _patterns(
+    model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor, blocks: range
+) -> list[torch.Tensor]:
+    """Attention patterns ``(batch, heads, query, key)`` float32 of ``blocks``, in order."""
+    if backend == "hf":
+        assert model.hf is not None
+        with eager_attention(model):
+            out = model.hf(ids, attention_mask=mask, output_attentions=True)
+        return [out.attentions[b].float() for b in blocks]
+    names = {f"blocks.{b}.attn.hook_pattern" for b in blocks}
+    _, cache = model.tl.run_with_cache(
+        ids, attention_mask=mask, names_filter=lambda n: n in names, return_type=None
+    )
+    return [cache[f"blocks.{b}.attn.hook_pattern"].float() for b in blocks]

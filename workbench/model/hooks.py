@@ -7,9 +7,10 @@ whichever path runs the model:
 * ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``: ``(batch, pos, d_model)``
 * ``z`` (attention head outputs before W_O): ``(batch, pos, n_heads, d_head)``
 
-Two paths (``backend``): ``"tl"`` hooks the TransformerLens model's hook points, ``"hf"`` hooks
-the transformers model's decoder layers (the fast path for generation, as steering-vectors and
-repeng do). Both see the same residual basis (see :mod:`workbench.model.load`).
+Two paths (``backend``): ``"hf"`` hooks the transformers model's decoder layers in place (the
+default: every site kind, one copy of the weights, as steering-vectors and repeng do); ``"tl"``
+hooks the TransformerLens model's hook points (built on demand as a second copy). Both see the
+same residual basis (see :mod:`workbench.model.load`), and tests compare every site.
 
 Every registration returns a :class:`HookHandle`; :func:`hooks_applied` is its context-manager
 twin. Hooks are removed on exit and on any exception, including one raised halfway through
@@ -140,7 +141,8 @@ def add_hooks(
             if backend == "tl":
                 handle._add(_add_tl(model, site, fn))
             else:
-                handle._add(_add_hf(model, site, fn))
+                for h in _add_hf(model, site, fn):
+                    handle._add(h)
     except BaseException:
         handle.remove()
         raise
@@ -167,6 +169,24 @@ def hooks_applied(
         handle.remove()
 
 
+@contextlib.contextmanager
+def eager_attention(model: Model) -> Iterator[None]:
+    """Run the transformers model with its eager attention inside the block (the fused kernels
+    do not return attention patterns); the previous implementation is restored on exit."""
+    hf = model.hf
+    if hf is None:
+        raise WorkbenchError(f"model {model.name} has no transformers model: use backend 'tl'")
+    before = getattr(hf.config, "_attn_implementation", None)
+    if before in (None, "eager"):
+        yield
+        return
+    hf.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        hf.set_attn_implementation(before)
+
+
 # The order in which sites fire inside one block, so a recording knows which fires last.
 FIRING_ORDER = {
     "resid_pre": 0,
@@ -187,9 +207,9 @@ class StopForward(Exception):
 
 
 def backend_for(model: Model, sites: Sequence[Site]) -> str:
-    """The faster backend that can reach every site (``resid_mid`` exists only on ``tl``)."""
-    if any(s.kind == "resid_mid" for s in sites):
-        return "tl"
+    """The backend that reaches every site: the transformers model whenever there is one (every
+    site kind is hooked on it), so no TransformerLens copy is built by default."""
+    del sites  # every site kind is reachable on both paths
     return default_backend(model)
 
 
@@ -283,7 +303,22 @@ def _replace_first(output: Any, new: torch.Tensor | None) -> Any:
     return new
 
 
-def _add_hf(model: Model, site: Site, fn: ActFn) -> torch.utils.hooks.RemovableHandle:
+def _branch_ends(layer: Any) -> tuple[Any, Any]:
+    """The modules whose outputs a block adds to its residual stream: ``(attention, MLP)``.
+
+    Gemma 2/3 blocks normalise each branch before adding it (``post_attention_layernorm``,
+    ``post_feedforward_layernorm``), as TransformerLens's ``hook_attn_out``/``hook_mlp_out``
+    do (they capture the additive contribution); other blocks add the attention and MLP outputs
+    themselves.
+    """
+    if getattr(layer, "post_feedforward_layernorm", None) is not None:
+        return layer.post_attention_layernorm, layer.post_feedforward_layernorm
+    attn = _first_child(layer, ("self_attn", "attn", "attention"), "attention")
+    mlp = _first_child(layer, ("mlp", "feed_forward"), "MLP")
+    return attn, mlp
+
+
+def _add_hf(model: Model, site: Site, fn: ActFn) -> list[torch.utils.hooks.RemovableHandle]:
     layer = hf_layers(model.hf)[site.layer]
     if site.kind == "resid_pre":
 
@@ -295,7 +330,7 @@ def _add_hf(model: Model, site: Site, fn: ActFn) -> torch.utils.hooks.RemovableH
             new = fn(kwargs["hidden_states"])
             return None if new is None else (args, {**kwargs, "hidden_states": new})
 
-        return layer.register_forward_pre_hook(pre, with_kwargs=True)
+        return [layer.register_forward_pre_hook(pre, with_kwargs=True)]
 
     if site.kind == "z":
         attn = _first_child(layer, ("self_attn", "attn", "attention"), "attention")
@@ -308,19 +343,47 @@ def _add_hf(model: Model, site: Site, fn: ActFn) -> torch.utils.hooks.RemovableH
             new = fn(z)
             return None if new is None else (new.reshape(flat.shape), *args[1:])
 
-        return out_proj.register_forward_pre_hook(pre_z)
+        return [out_proj.register_forward_pre_hook(pre_z)]
 
-    if site.kind == "resid_post":
-        module = layer
-    elif site.kind == "attn_out":
-        module = _first_child(layer, ("self_attn", "attn", "attention"), "attention")
-    elif site.kind == "mlp_out":
-        module = _first_child(layer, ("mlp", "feed_forward"), "MLP")
-    else:  # resid_mid lives inside the block's forward, where transformers has no module edge
-        raise WorkbenchError(f"site {site.kind} is only available on backend 'tl'")
+    attn_end, mlp_end = _branch_ends(layer)
+    if site.kind == "resid_mid":
+        return _add_hf_resid_mid(model, layer, attn_end, fn)
+    module = {"resid_post": layer, "attn_out": attn_end, "mlp_out": mlp_end}[site.kind]
 
     def post(_m: Any, _inputs: Any, output: Any) -> Any:
         first = output[0] if isinstance(output, tuple) else output
         return _replace_first(output, fn(first))
 
-    return module.register_forward_hook(post)
+    return [module.register_forward_hook(post)]
+
+
+def _add_hf_resid_mid(
+    model: Model, layer: Any, attn_end: Any, fn: ActFn
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """``resid_mid`` (the residual between the attention and MLP branches) on transformers.
+
+    transformers keeps it in a local variable, so it is rebuilt as ``resid_pre + attention
+    branch``: the block's input is remembered by a pre-hook, and a hook on the attention
+    branch's last module sees ``resid_mid`` and, to change it, changes the branch's output by
+    the same difference (the MLP and every later layer then see the new ``resid_mid``).
+    """
+    if getattr(getattr(model.hf, "config", None), "use_parallel_residual", False):
+        raise WorkbenchError(
+            f"{model.name} runs attention and MLP in parallel, so it has no resid_mid; "
+            "use resid_pre or resid_post"
+        )
+    seen: dict[str, torch.Tensor] = {}
+
+    def remember(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen["pre"] = args[0] if args else kwargs["hidden_states"]
+
+    def post(_m: Any, _inputs: Any, output: Any) -> Any:
+        branch = output[0] if isinstance(output, tuple) else output  # (batch, pos, d_model)
+        mid = seen.pop("pre") + branch  # (batch, pos, d_model)
+        new = fn(mid)
+        return None if new is None else _replace_first(output, branch + (new - mid))
+
+    return [
+        layer.register_forward_pre_hook(remember, with_kwargs=True),
+        attn_end.register_forward_hook(post),
+    ]

@@ -14,6 +14,7 @@ import os
 import socket
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,42 +39,95 @@ _ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma
 
 @dataclass
 class Model:
-    """A loaded model: TransformerLens view, optional transformers view, and tokenizer.
+    """A loaded model: the transformers model, its tokenizer, and a TransformerLens view on demand.
+
+    The transformers model (``.hf``) is the model: every site is hooked on it and it runs
+    capture, steering and generation. A TransformerLens ``HookedTransformer`` (``.tl``) is built
+    only when something asks for it (``backend="tl"``, a TransformerLens model name, analysis
+    code that needs it): it is a second copy of the weights, so it is never built by default.
 
     Attributes:
         name: the name the user gave (or the embedded alias); stored in every saved artefact.
-        tl: the HookedTransformer (always present).
-        hf: the transformers causal LM with the same weights, or None (e.g. TL-only models).
+        hf: the transformers causal LM, or None for models loaded only through TransformerLens.
         tokenizer: a transformers tokenizer.
         source: where the weights came from (path or hub name).
+        tl_factory: builds the TransformerLens view on first use (None: it cannot be built).
+        tl_model: a TransformerLens model already built (TransformerLens names load as one).
     """
 
     name: str
-    tl: Any  # transformer_lens.HookedTransformer
     hf: Any | None
     tokenizer: Any
     source: str
     info: dict[str, Any] = field(default_factory=dict)
+    tl_factory: Callable[[], Any] | None = field(default=None, repr=False)
+    tl_model: Any | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.hf is None and self.tl_model is None and self.tl_factory is None:
+            raise WorkbenchError(f"model {self.name} has neither transformers nor TL weights")
+
+    @property
+    def tl(self) -> Any:
+        """The TransformerLens view (``transformer_lens.HookedTransformer``), built on first use."""
+        if self.tl_model is None:
+            if self.tl_factory is None:
+                raise WorkbenchError(
+                    f"model {self.name} has no TransformerLens view: use backend 'hf'"
+                )
+            log.info(
+                "building a TransformerLens copy of %s (a second copy of the weights)", self.name
+            )
+            # Built outside any inference_mode block it is first asked for in: weights made
+            # there would be inference tensors that no later autograd-tracked use accepts.
+            with torch.inference_mode(False):
+                self.tl_model = self.tl_factory()
+        return self.tl_model
+
+    @property
+    def tl_built(self) -> bool:
+        """Whether the TransformerLens copy exists (it is built only on demand)."""
+        return self.tl_model is not None
+
+    @property
+    def _config(self) -> dict[str, int]:
+        cached = self.info.get("_shape")
+        if cached is None:
+            cached = _shape(self.hf.config) if self.hf is not None else _tl_shape(self.tl.cfg)
+            self.info["_shape"] = cached
+        return dict(cached)
 
     @property
     def n_layers(self) -> int:
-        return int(self.tl.cfg.n_layers)
+        return self._config["n_layers"]
 
     @property
     def d_model(self) -> int:
-        return int(self.tl.cfg.d_model)
+        return self._config["d_model"]
 
     @property
     def n_heads(self) -> int:
-        return int(self.tl.cfg.n_heads)
+        return self._config["n_heads"]
 
     @property
     def d_head(self) -> int:
-        return int(self.tl.cfg.d_head)
+        return self._config["d_head"]
 
     @property
     def n_ctx(self) -> int:
-        return int(self.tl.cfg.n_ctx)
+        return self._config["n_ctx"]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights."""
+        module = self.hf if self.hf is not None else self.tl
+        return next(module.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are."""
+        module = self.hf if self.hf is not None else self.tl
+        return next(module.parameters()).device
 
     @property
     def bos_token_id(self) -> int | None:
@@ -151,6 +205,31 @@ class Model:
         }
 
 
+def _shape(config: Any) -> dict[str, int]:
+    """Layers, widths, heads and context of a transformers config (any architecture)."""
+    text = getattr(config, "text_config", None) or config
+    d_model = int(text.hidden_size)
+    n_heads = int(text.num_attention_heads)
+    head_dim = getattr(text, "head_dim", None)
+    return {
+        "n_layers": int(text.num_hidden_layers),
+        "d_model": d_model,
+        "n_heads": n_heads,
+        "d_head": int(head_dim) if head_dim else d_model // n_heads,
+        "n_ctx": int(getattr(text, "max_position_embeddings", 2048)),
+    }
+
+
+def _tl_shape(cfg: Any) -> dict[str, int]:
+    return {
+        "n_layers": int(cfg.n_layers),
+        "d_model": int(cfg.d_model),
+        "n_heads": int(cfg.n_heads),
+        "d_head": int(cfg.d_head),
+        "n_ctx": int(cfg.n_ctx),
+    }
+
+
 # --------------------------------------------------------------------------- building TL models
 
 
@@ -206,8 +285,13 @@ def _from_folder(name: str, folder: Path, dtype: torch.dtype, source: str) -> Mo
     except (OSError, ValueError) as e:
         raise WorkbenchError(f"could not load the model in {folder}: {e}") from e
     hf.eval()
-    tl = _tl_from_folder(folder, hf, tokenizer, dtype)
-    return Model(name=name, tl=tl, hf=hf, tokenizer=tokenizer, source=source)
+    return Model(
+        name=name,
+        hf=hf,
+        tokenizer=tokenizer,
+        source=source,
+        tl_factory=lambda: _tl_from_folder(folder, hf, tokenizer, dtype),
+    )
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -250,7 +334,7 @@ def _from_tl_name(name: str, dtype: torch.dtype) -> Model:
             f"cannot download '{name}' ({official}): the Hugging Face hub is unreachable and it "
             f"is not cached; use the embedded default '{DEFAULT_MODEL}' or a local folder"
         ) from e
-    return Model(name=name, tl=tl, hf=hf, tokenizer=tokenizer, source=official)
+    return Model(name=name, hf=hf, tokenizer=tokenizer, source=official, tl_model=tl)
 
 
 def _in_hf_cache(official: str) -> bool:

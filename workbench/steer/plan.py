@@ -144,7 +144,7 @@ class PlanEntry:
         coefficient whose added vector the model's dtype cannot hold (:mod:`.safety`)."""
         self.vector.check_compatible(model.name, model.d_model)
         assert self.layers is not None
-        dtype = next(model.tl.parameters()).dtype
+        dtype = model.dtype
         shown = self.coeff if isinstance(self.coeff, list) else [self.coeff]
         for layer in self.layers:
             model.check_layer(layer)
