@@ -21,6 +21,7 @@ import warnings
 from types import ModuleType
 
 from workbench.errors import WorkbenchError
+from workbench.model.load import model_defaults
 
 
 def _commands() -> list[ModuleType]:
@@ -44,9 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
     for mod in _commands():
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
+        _add_model_flags(p)
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.set_defaults(_module=mod)
     return parser
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype`` on every (sub)command that takes ``--model``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_model_flags(child)
+    if any("--model" in a.option_strings for a in parser._actions):
+        parser.add_argument(
+            "--device",
+            default=None,
+            help="auto (default: cuda, then mps, then cpu), cpu, cuda[:N] or mps",
+        )
+        parser.add_argument(
+            "--dtype", default=None, help="float32 (default), bfloat16 or float16 (not on cpu)"
+        )
 
 
 class Terminated(KeyboardInterrupt):
@@ -89,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        result = mod.run(args)
+        with model_defaults(
+            device=getattr(args, "device", None), dtype=getattr(args, "dtype", None)
+        ):
+            result = mod.run(args)
     except WorkbenchError as e:
         print(f"workbench {mod.NAME}: error: {e}", file=sys.stderr)
         return 2

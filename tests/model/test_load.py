@@ -76,3 +76,82 @@ def test_default_model_matches_transformers(default_model: Model) -> None:
         tl = default_model.tl(ids, attention_mask=mask)
         hf = default_model.hf(input_ids=ids, attention_mask=mask).logits
     assert (tl - hf)[mask.bool()].abs().max() < 1e-3
+
+
+# --------------------------------------------------------------------------- devices and dtypes
+
+
+def test_devices_resolve_or_give_one_line_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workbench.model.load import check_dtype, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("CPU") == "cpu"
+    for bad, message in [
+        ("cuda", "no CUDA GPU is available"),
+        ("mps", "MPS backend is not available"),
+        ("tpu", "unknown device 'tpu'"),
+    ]:
+        with pytest.raises(WorkbenchError, match=message):
+            resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(WorkbenchError, match="there are 2 CUDA devices"):
+        resolve_device("cuda:2")
+    assert check_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert check_dtype("float16", "cuda") == torch.float16
+    with pytest.raises(WorkbenchError, match="float16 is not supported on the CPU"):
+        check_dtype("float16", "cpu")
+    with pytest.raises(WorkbenchError, match="unknown dtype 'int8'"):
+        check_dtype("int8", "cpu")
+
+
+def test_bfloat16_model_steers_and_captures_in_its_dtype(tiny_model_dir: Path) -> None:
+    """A model loaded in bfloat16 keeps its weights in bfloat16; steering adds the vector in
+    that dtype and what is captured comes back float32 on the CPU."""
+    from workbench.activations.collect import run_sites
+    from workbench.model.hooks import Site
+    from workbench.model.load import model_defaults
+    from workbench.steer.forward import steered_logits
+    from workbench.steer.plan import SteeringPlan
+    from workbench.vectors.build import from_prompts
+
+    with model_defaults(dtype="bfloat16"):
+        model = load_model(str(tiny_model_dir), reuse=False)
+    assert model.dtype == torch.bfloat16 and model.info["dtype"] == "bfloat16"
+    assert model.device.type == "cpu" and model.info["device"] == "cpu"
+    acts = run_sites(model, model.encode(["Hello world"])[0], [Site("resid_pre", 1)])
+    assert acts[Site("resid_pre", 1)].dtype == torch.float32
+    vec = from_prompts(model, "Love", "Hate", [1])
+    clean = steered_logits(model, ["Hello world"], None)[0]
+    steered = steered_logits(model, ["Hello world"], SteeringPlan.of(vec, 4.0))[0]
+    assert clean.dtype == torch.float32 and (steered - clean).abs().max() > 1e-2
+    ref = load_model(str(tiny_model_dir))  # float32
+    ref_logits = steered_logits(ref, ["Hello world"], None)[0]
+    assert (clean - ref_logits).abs().max() < 0.5  # the same model, rounded to bfloat16
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--device", "cuda:7"], "CUDA"),
+        (["--device", "tpu"], "unknown device"),
+        (["--dtype", "int8"], "unknown dtype"),
+    ],
+)
+def test_device_and_dtype_flags_on_every_model_verb(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from workbench.cli import main
+
+    verbs = [
+        ["steer", "--vector", str(tmp_path / "v.safetensors"), "--coeff", "1", "--prompt", "x"],
+        ["capture", "--corpus", "builtin:general", "--layers", "1", "--out", str(tmp_path / "s")],
+        ["vector", "from-prompts", "--pos", "a", "--neg", "b", "--layer", "1", "--out", "v.st"],
+        ["demo", "--out", str(tmp_path / "demo")],
+    ]
+    for argv in verbs:
+        assert main([*argv, *flags]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err

@@ -384,8 +384,8 @@ def _capture_batch(
         plan.first,
         plan.positions,
         DTYPES[plan.dtype],
-        [rec[s] for s in plan.kind_sites],
-        [rec[s] for s in plan.norm_sites],
+        [rec[s].cpu() for s in plan.kind_sites],
+        [rec[s].cpu() for s in plan.norm_sites],
         plan.layers,
     )
     rec.clear()
@@ -394,6 +394,7 @@ def _capture_batch(
 
 
 def _forward(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    ids, mask = ids.to(model.device), mask.to(model.device)
     try:
         if backend == "hf" and model.hf is not None:
             model.hf(input_ids=ids, attention_mask=mask, use_cache=False)

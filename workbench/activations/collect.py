@@ -106,6 +106,7 @@ def run_sites(model: Model, ids: torch.Tensor, sites: Sequence[Site]) -> dict[Si
     attention is causal, so pads after a text cannot change its activations.
     """
     backend = backend_for(model, sites)
+    ids = ids.to(model.device)
     with recording(model, sites, backend=backend, stop=True) as store:
         try:
             if backend == "hf":
@@ -118,7 +119,7 @@ def run_sites(model: Model, ids: torch.Tensor, sites: Sequence[Site]) -> dict[Si
     missing = [s for s in sites if s not in store]
     if missing:
         raise WorkbenchError(f"no activation was recorded at {missing[0]} in {model.name}")
-    return {s: store[s].float() for s in sites}
+    return {s: store[s].float().cpu() for s in sites}
 
 
 def collect(

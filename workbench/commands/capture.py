@@ -42,7 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="documents per forward pass")
     parser.add_argument(
-        "--dtype", default="float16", choices=("float16", "float32"), help="on-disk precision"
+        "--store-dtype",
+        default="float16",
+        choices=("float16", "float32"),
+        help="on-disk precision of the rows (default float16; --dtype is the model's)",
     )
     parser.add_argument(
         "--shard-rows",
@@ -91,7 +94,7 @@ def _capture(args: argparse.Namespace, layers: list[int]) -> dict[str, Any]:
             positions=args.positions,
             max_tokens=args.max_tokens,
             batch_size=args.batch_size,
-            dtype=args.dtype,
+            dtype=args.store_dtype,
             out=args.out,
             resume=args.resume,
             overwrite=args.overwrite,

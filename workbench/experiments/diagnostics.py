@@ -136,8 +136,10 @@ def _patterns(
     if backend == "hf":
         assert model.hf is not None
         with eager_attention(model):
-            out = model.hf(ids, attention_mask=mask, output_attentions=True)
-        return [out.attentions[b].float() for b in blocks]
+            out = model.hf(
+                ids.to(model.device), attention_mask=mask.to(model.device), output_attentions=True
+            )
+        return [out.attentions[b].float().cpu() for b in blocks]
     names = {f"blocks.{b}.attn.hook_pattern" for b in blocks}
     _, cache = model.tl.run_with_cache(
         ids, attention_mask=mask, names_filter=lambda n: n in names, return_type=None

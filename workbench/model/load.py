@@ -9,12 +9,13 @@ the same thing on the other (tests check that their logits agree).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -346,30 +347,117 @@ def _in_hf_cache(official: str) -> bool:
         return False
 
 
-_LOADED: dict[tuple[str, str], Model] = {}
+_LOADED: dict[tuple[str, str, str], Model] = {}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "float32", reuse: bool = True) -> Model:
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` if available, then ``mps``, then ``cpu``; an unavailable device is a
+    one-line error. ``cuda:N`` picks a GPU."""
+    name = str(device).strip().lower()
+    kind = name.split(":")[0]
+    if kind not in DEVICES:
+        raise WorkbenchError(f"unknown device '{device}': use {', '.join(DEVICES)} (or cuda:N)")
+    cuda, mps = torch.cuda.is_available(), bool(torch.backends.mps.is_available())
+    if kind == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if kind == "cuda" and not cuda:
+        raise WorkbenchError(
+            "--device cuda: no CUDA GPU is available here (or torch is a CPU build); use "
+            "--device cpu or auto"
+        )
+    if kind == "cuda" and ":" in name:
+        index = name.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise WorkbenchError(
+                f"--device {device}: there are {torch.cuda.device_count()} CUDA devices; use "
+                "cuda:0 .. cuda:N-1"
+            )
+    if kind == "mps" and not mps:
+        raise WorkbenchError("--device mps: Apple's MPS backend is not available here; use cpu")
+    return name
+
+
+def check_dtype(dtype: str, device: str) -> torch.dtype:
+    """The torch dtype for ``dtype`` on ``device``, or a one-line error."""
+    if dtype not in DTYPES:
+        raise WorkbenchError(f"unknown dtype '{dtype}': use float32, float16 or bfloat16")
+    if dtype == "float16" and device == "cpu":
+        raise WorkbenchError(
+            "--dtype float16 is not supported on the CPU (half-precision matmuls there are "
+            "missing or very slow); use bfloat16 or float32"
+        )
+    return DTYPES[dtype]
+
+
+_DEFAULTS = {"device": "auto", "dtype": "float32"}
+
+
+@contextlib.contextmanager
+def model_defaults(*, device: str | None = None, dtype: str | None = None) -> Iterator[None]:
+    """Inside the block, :func:`load_model` calls that name no device or dtype use these (what
+    the CLI's ``--device``/``--dtype`` set for a whole verb). Checked at once, so a bad value
+    is a one-line error before any model loads."""
+    before = dict(_DEFAULTS)
+    if device is not None:
+        where = resolve_device(device)
+        check_dtype(dtype or _DEFAULTS["dtype"], where.split(":")[0])
+        _DEFAULTS["device"] = device
+    if dtype is not None:
+        check_dtype(dtype, resolve_device(_DEFAULTS["device"]).split(":")[0])
+        _DEFAULTS["dtype"] = dtype
+    try:
+        yield
+    finally:
+        _DEFAULTS.update(before)
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    dtype: str | None = None,
+    device: str | None = None,
+    reuse: bool = True,
+) -> Model:
     """Load a model by embedded name, TransformerLens name, local folder or ``.gguf`` path.
+
+    ``device``: ``auto`` (cuda, then mps, then cpu), ``cpu``, ``cuda[:N]`` or ``mps``;
+    ``dtype``: ``float32``, ``bfloat16`` or ``float16`` (not on the CPU). Vectors and stores
+    stay device-independent: everything the workbench saves is moved to the CPU first.
 
     Example:
         >>> model = load_model("smollm2-135m")       # doctest: +SKIP
         >>> model.n_layers, model.d_model             # doctest: +SKIP
         (30, 576)
 
-    With ``reuse`` (default) a model already loaded in this process is returned again.
+    With ``reuse`` (default) a model already loaded in this process is returned again. A device
+    or dtype not given comes from :func:`model_defaults` (``auto``, ``float32``).
     """
-    torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if dtype not in torch_dtype:
-        raise WorkbenchError(f"unknown dtype '{dtype}': use float32, float16 or bfloat16")
-    key = (str(name), dtype)
+    dtype = dtype or _DEFAULTS["dtype"]
+    where = resolve_device(device or _DEFAULTS["device"])
+    torch_dtype = check_dtype(dtype, where.split(":")[0])
+    key = (str(name), dtype, where)
     if reuse and key in _LOADED:
         return _LOADED[key]
-    model = _load(str(name), torch_dtype[dtype])
-    model.info["dtype"] = dtype
+    model = _load(str(name), torch_dtype)
+    if where != "cpu":
+        _move(model, where)
+    model.info.update(dtype=dtype, device=where)
     if reuse:
         _LOADED[key] = model
     return model
+
+
+def _move(model: Model, device: str) -> None:
+    """Put the weights on ``device`` (and any TransformerLens view built later)."""
+    if model.hf is not None:
+        model.hf.to(device)
+    if model.tl_model is not None:
+        model.tl_model.to(device)
+    build = model.tl_factory
+    if build is not None:
+        model.tl_factory = lambda: build().to(device)
 
 
 def _load(name: str, dtype: torch.dtype) -> Model:

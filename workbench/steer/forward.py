@@ -56,6 +56,7 @@ def encode_inputs(
 
 
 def _run(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    ids, mask = ids.to(model.device), mask.to(model.device)
     with torch.inference_mode():
         if backend == "tl":
             logits = model.tl(ids, attention_mask=mask)
@@ -70,7 +71,7 @@ def _run(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -> t
         "the logits",
         "the steered model broke down; lower the coefficient (or load it in float32)",
     )
-    return logits.float()  # (batch, pos, vocab)
+    return logits.float().cpu()  # (batch, pos, vocab), on the CPU whatever the device
 
 
 def iter_steered_logits(

@@ -206,7 +206,10 @@ def _hf_generate(
         eos_token_id=eos if eos is not None else [int(model.hf.config.vocab_size) + 1],
     )
     out = model.hf.generate(
-        input_ids=ids, attention_mask=mask, generation_config=config, logits_processor=chain
+        input_ids=ids.to(model.device),
+        attention_mask=mask.to(model.device),
+        generation_config=config,
+        logits_processor=chain,
     )
     return out.cpu()  # (batch, width + new)
 
