@@ -28,6 +28,12 @@ from workbench.vectors.vector import SteeringVector
 
 ENV_MODEL = "WORKBENCH_APP_MODEL"
 ENV_DIR = "WORKBENCH_APP_DIR"
+ENV_DEVICE = "WORKBENCH_APP_DEVICE"
+ENV_DTYPE = "WORKBENCH_APP_DTYPE"
+MODEL_DEVICE = "model_device"
+MODEL_DTYPE = "model_dtype"
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 
 # Session-state keys shared between pages.
 MODEL_NAME = "model_name"
@@ -75,26 +81,38 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", tail).strip("-")[:60] or "x"
 
 
+def model_placement() -> tuple[str, str]:
+    """The session's ``(device, dtype)``: ``workbench app --device/--dtype`` or auto/float32."""
+    if MODEL_DEVICE not in st.session_state:
+        st.session_state[MODEL_DEVICE] = os.environ.get(ENV_DEVICE) or "auto"
+        st.session_state[MODEL_DTYPE] = os.environ.get(ENV_DTYPE) or "float32"
+    return str(st.session_state[MODEL_DEVICE]), str(st.session_state[MODEL_DTYPE])
+
+
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _load_model(name: str) -> Model:
-    return load_model(name)
+def _load_model(name: str, device: str, dtype: str) -> Model:
+    return load_model(name, device=device, dtype=dtype)
 
 
-def get_model(name: str | None = None) -> Model:
-    """The model ``name`` (default: the session's), loaded once per process."""
+def get_model(name: str | None = None, placement: tuple[str, str] | None = None) -> Model:
+    """The model ``name`` (default: the session's) on the session's device and dtype, loaded
+    once per process."""
     name = name or model_name()
-    with st.spinner(f"Loading model {name}…"):
-        return _load_model(name)
+    device, dtype = placement or model_placement()
+    with st.spinner(f"Loading model {name} ({device}, {dtype})…"):
+        return _load_model(name, device, dtype)
 
 
-def use_model(name: str) -> Model | None:
-    """Load ``name`` and only then make it the session's model; on failure say why (the session
-    keeps the model it had) and return None."""
+def use_model(name: str, placement: tuple[str, str] | None = None) -> Model | None:
+    """Load ``name`` (on ``placement``, a ``(device, dtype)``) and only then make it the
+    session's model; on failure say why (the session keeps what it had) and return None."""
     from app.widgets import attempt
 
-    model = attempt(get_model, name.strip())
+    placement = placement or model_placement()
+    model = attempt(get_model, name.strip(), placement)
     if model is not None:
         st.session_state[MODEL_NAME] = name.strip()
+        st.session_state[MODEL_DEVICE], st.session_state[MODEL_DTYPE] = placement
     return model
 
 

@@ -46,10 +46,27 @@ typed = st.text_input(
     key="model_typed",
     help="loaded when you press Use this model; if it fails to load, the session keeps its model",
 )
+now_device, now_dtype = state.model_placement()
+c1, c2 = st.columns(2)
+device = c1.selectbox(
+    "Device",
+    state.DEVICE_CHOICES,
+    index=state.DEVICE_CHOICES.index(now_device) if now_device in state.DEVICE_CHOICES else 0,
+    help="auto: cuda, then mps, then cpu; an unavailable device is refused with the reason",
+    key="model_device_pick",
+)
+dtype = c2.selectbox(
+    "Precision",
+    state.DTYPE_CHOICES,
+    index=state.DTYPE_CHOICES.index(now_dtype) if now_dtype in state.DTYPE_CHOICES else 0,
+    help="float32 (exact), bfloat16 (half the memory; GPUs and recent CPUs) or float16 (GPU only)",
+    key="model_dtype_pick",
+)
 wanted = typed.strip() or picked
-if wanted != current and st.button("Use this model", type="primary", key="model_use"):
-    with st.spinner(f"Loading {wanted}…"):
-        if state.use_model(wanted) is not None:
+changed = wanted != current or (device, dtype) != (now_device, now_dtype)
+if changed and st.button("Use this model", type="primary", key="model_use"):
+    with st.spinner(f"Loading {wanted} ({device}, {dtype})…"):
+        if state.use_model(wanted, (device, dtype)) is not None:
             st.rerun()
 state.back_to_default("model_back")
 
@@ -60,7 +77,10 @@ cols[0].metric("Layers", info["n_layers"], help="transformer blocks; layers are 
 cols[1].metric("d_model", info["d_model"], help="width of the residual stream (one activation)")
 cols[2].metric("Heads", info["n_heads"], help="attention heads per block")
 cols[3].metric("Context", model.n_ctx, help="the longest text the model reads, in tokens")
-st.caption(f"Session model `{model.name}`, loaded from `{info['source']}`")
+st.caption(
+    f"Session model `{model.name}` on {model.device} in {str(model.dtype).removeprefix('torch.')}, "
+    f"loaded from `{info['source']}`"
+)
 
 # --------------------------------------------------------------------------- data
 

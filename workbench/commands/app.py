@@ -26,6 +26,8 @@ HELP = "start the dashboard in a local web server (Streamlit)"
 ENV_MODEL = "WORKBENCH_APP_MODEL"  # read by app/state.py
 ENV_DIR = "WORKBENCH_APP_DIR"
 ENV_ROOT = "WORKBENCH_APP_ROOT"  # read by app/paths.py
+ENV_DEVICE = "WORKBENCH_APP_DEVICE"  # read by app/state.py
+ENV_DTYPE = "WORKBENCH_APP_DTYPE"
 
 
 def main_script() -> Path:
@@ -114,6 +116,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, **confined}
     if args.model:
         env[ENV_MODEL] = args.model
+    for key, value in ((ENV_DEVICE, args.device), (ENV_DTYPE, args.dtype)):
+        if value:
+            env[key] = value
     url = f"http://{args.host}:{args.port}"
     print(
         f"workbench app: serving the dashboard at {url} over {confined[ENV_ROOT]} "
