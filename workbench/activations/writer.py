@@ -164,6 +164,26 @@ def _remove_store_files(path: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
+def write_shard(path: Path, index: int, first_row: int, shard: RowBatch) -> dict[str, Any]:
+    """Write ``shard`` atomically as shard ``index`` of the store at ``path`` and return its
+    manifest entry. Writing the same rows again replaces the file, so a retry never doubles."""
+    layers = sorted(shard.acts)
+    tensors = {layer_key(layer): shard.acts[layer] for layer in layers}
+    tensors.update(doc=shard.doc, pos=shard.pos, token=shard.token)
+    meta = {"format": FORMAT, "index": index, "first_row": first_row, "rows": len(shard)}
+    save_tensors(path / shard_name(index), tensors, meta)
+    norm_sums = shard.row_norm.sum(0).tolist()  # (n_layers,) in the order of the sorted layers
+    resid_sums = shard.resid_sum.sum(0).tolist()
+    return {
+        "file": shard_name(index),
+        "rows": len(shard),
+        "first_row": first_row,
+        "tokens": int(shard.resid_count.sum()),
+        "norm_sums": {str(k): norm_sums[i] for i, k in enumerate(layers)},
+        "resid_sums": {str(k): resid_sums[i] for i, k in enumerate(layers)},
+    }
+
+
 class StoreWriter:
     """Appends rows to a store, one atomic shard at a time (see module docstring)."""
 
@@ -254,24 +274,20 @@ class StoreWriter:
         shard, rest = merged.slice(0, rows), merged.slice(rows)
         self._buffer = [rest] if len(rest) else []
         self._buffered = len(rest)
-        index = len(self.manifest["shards"])
-        first = self.rows_stored
-        tensors = {layer_key(layer): shard.acts[layer] for layer in self.layers}
-        tensors.update(doc=shard.doc, pos=shard.pos, token=shard.token)
-        meta = {"format": FORMAT, "index": index, "first_row": first, "rows": rows}
-        save_tensors(self.path / shard_name(index), tensors, meta)
-        norm_sums = shard.row_norm.sum(0).tolist()
-        resid_sums = shard.resid_sum.sum(0).tolist()
-        self.manifest["shards"].append(
-            {
-                "file": shard_name(index),
-                "rows": rows,
-                "first_row": first,
-                "tokens": int(shard.resid_count.sum()),
-                "norm_sums": {str(k): norm_sums[i] for i, k in enumerate(self.layers)},
-                "resid_sums": {str(k): resid_sums[i] for i, k in enumerate(self.layers)},
-            }
-        )
+        entry = write_shard(self.path, len(self.manifest["shards"]), self.rows_stored, shard)
+        self.commit([entry])
+
+    def commit(self, entries: list[dict[str, Any]]) -> None:
+        """List shards already on disk (from :func:`write_shard`), in row order, and rewrite the
+        manifest atomically: what a driver does with the shards its workers wrote."""
+        for entry in entries:
+            if int(entry["first_row"]) != self.rows_stored:
+                raise ValueError(
+                    f"shard {entry['file']} starts at row {entry['first_row']}, "
+                    f"the store holds {self.rows_stored}"
+                )
+            self.manifest["shards"].append(entry)
+            self.manifest["n_rows"] = self.rows_stored + int(entry["rows"])
         self._write_manifest()
 
     def _write_manifest(self) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 from workbench.activations.batches import ROW_POSITIONS
 from workbench.activations.capture import DEFAULT_SHARD_ROWS, capture
+from workbench.activations.ray_capture import capture_ray
+from workbench.activations.ray_session import connect
 from workbench.activations.writer import claim_store
 from workbench.errors import WorkbenchError
 from workbench.model.hooks import SITE_KINDS
@@ -57,6 +59,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted store")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="split the corpus across Ray actors (pip install -e .[ray]): alone for a local "
+        "instance, auto or HOST:PORT for a cluster started with `ray start --head`",
+    )
+    parser.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        help="Ray actors, one model each (default: one per GPU, else one per CPU)",
+    )
 
 
 def parse_layers(text: str) -> list[int]:
@@ -80,27 +97,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         Path(args.out).expanduser(), resume=args.resume, overwrite=args.overwrite
     )
     with claim:
+        if args.ray is not None:  # before the model loads: a bad address fails at once
+            connect(args.ray)
         return _capture(args, layers)
 
 
 def _capture(args: argparse.Namespace, layers: list[int]) -> dict[str, Any]:
     model = load_model(args.model)
+    options: dict[str, Any] = dict(
+        site=args.site,
+        positions=args.positions,
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        dtype=args.store_dtype,
+        out=args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        shard_rows=args.shard_rows,
+    )
     try:
-        result = capture(
-            model,
-            args.corpus,
-            layers,
-            site=args.site,
-            positions=args.positions,
-            max_tokens=args.max_tokens,
-            batch_size=args.batch_size,
-            dtype=args.store_dtype,
-            out=args.out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            shard_rows=args.shard_rows,
-            progress_bar=not args.no_progress,
-        )
+        if args.ray is not None:
+            result = capture_ray(
+                model, args.corpus, layers, address=args.ray, workers=args.ray_workers, **options
+            )
+        else:
+            result = capture(
+                model, args.corpus, layers, progress_bar=not args.no_progress, **options
+            )
     except KeyboardInterrupt:
         print(
             f"capture interrupted: completed shards are kept in {args.out}; "

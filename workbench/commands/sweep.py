@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench.activations.ray_session import connect
 from workbench.commands._measure_args import (
     add_control_arguments,
     add_effect_arguments,
@@ -54,6 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished sweep")
     parser.add_argument("--attention-prompts", default="4", help="prompts for the attention check")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run each layer as a Ray task (pip install -e .[ray]): alone for a local "
+        "instance, auto or HOST:PORT for a cluster started with `ray start --head`",
+    )
     add_effect_arguments(parser)
     add_text_arguments(parser)
     add_threshold_arguments(parser)
@@ -76,6 +86,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             controls=k,
             control_seed=control_seed,
         )
+        if args.ray is not None:  # before the model loads: a bad address fails at once
+            connect(args.ray)
         vector = load_vector(args.vector)
         model = load_model(args.model or vector.model)
         spec = build_spec(
@@ -93,6 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             overwrite=args.overwrite,
             label=Path(args.vector).name,
             log=progress,
+            ray=args.ray,
         )
         out = Path(args.out)
         data["files"] = {**write_run(out, data), "plots": str(out / "plots")}

@@ -404,8 +404,12 @@ def run_sweep(
     overwrite: bool = False,
     label: str = "vector",
     log: Log | None = None,
+    ray: str | None = None,
 ) -> dict[str, Any]:
     """Sweep ``config.coeffs`` at each layer and return the sweep JSON.
+
+    ``ray``: run each layer as a Ray task (an address as in
+    :func:`workbench.activations.ray_session.connect`; ``"local"`` for a local instance).
 
     ``out`` keeps the resumable state (``config.json``, ``rows.jsonl``, one line per finished
     layer); write the outputs with :func:`workbench.report.write_run`.
@@ -437,9 +441,20 @@ def run_sweep(
         for layer in layers:
             if layer in done:
                 say(f"layer {layer}: already done (resumed)")
-                continue
+        todo = [layer for layer in layers if layer not in done]
+        remote = None
+        if ray is not None:
+            from workbench.experiments.ray_sweep import sweep_layers_ray  # imports Ray
+
+            remote = sweep_layers_ray(
+                model, vector, todo, config, spec, effect, label=label, address=ray
+            )
+        for layer in todo:
             t0 = time.perf_counter()
-            rec = sweep_layer(model, vector, layer, config, spec, effect, label=label)
+            if remote is not None:
+                rec = next(remote)
+            else:
+                rec = sweep_layer(model, vector, layer, config, spec, effect, label=label)
             done[layer] = rec
             if folder is not None:
                 append_record(folder / "rows.jsonl", rec)
