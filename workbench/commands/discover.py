@@ -340,12 +340,13 @@ def render(result: dict[str, Any]) -> str:
         f"{'rank':>4}  {'coeff':>6}  {'ppl':>5}  {'effect':>6}  {'xrand':>5}  {'betw':>5}  label",
     ]
     for rank, c in enumerate(result["candidates"], 1):
-        flag = "  (inert)" if c["inert"] else ""
         lines.append(
             f"{rank:>4}  {_g(c['suggested_coeff']):>6}  {_g(c['ppl_ratio']):>5}  "
             f"{c['effect']:>6.3f}  {_g(c['effect_vs_random']):>5}  "
-            f"{_g(c['between_doc_share']):>5}  {c['label']}{flag}"
+            f"{_g(c['between_doc_share']):>5}  {c['label']}"
         )
+        for flag in c.get("flags") or (["inert"] if c["inert"] else []):
+            lines.append(f"{'':>6}! {flag}")
         if c.get("contrast_auroc") is not None:
             lines.append(f"{'':>6}separates the target corpus at AUROC {c['contrast_auroc']:.3f}")
         if c["completions"]:
