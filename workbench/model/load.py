@@ -28,6 +28,7 @@ from workbench.model.embedded import (
     convert_gguf,
     converted_folder,
     embedded_gguf,
+    embedded_installed,
     is_converted,
 )
 
@@ -487,10 +488,9 @@ def list_models() -> list[dict[str, Any]]:
     """Models that work here: embedded ones (installed? converted?) and example hub names."""
     rows: list[dict[str, Any]] = []
     for name, entry in _EMBEDDED.items():
-        import importlib.util
-
-        installed = importlib.util.find_spec(entry["package"]) is not None
-        gguf = embedded_gguf(name) if installed and name == DEFAULT_MODEL else None
+        installed = embedded_installed(name)
+        # Never assembles or converts anything: listing must stay instant.
+        gguf = embedded_gguf(name, assemble=False) if installed else None
         cached = bool(gguf and is_converted(converted_folder(gguf)))
         rows.append(
             {
