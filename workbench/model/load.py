@@ -255,8 +255,9 @@ def _tl_from_link(folder: Path, hf: Any, tokenizer: Any, dtype: torch.dtype) -> 
             cfg = loading.get_pretrained_model_config(str(folder), device="cpu", dtype=dtype)
         except (ValueError, KeyError, NotImplementedError) as e:
             raise WorkbenchError(
-                f"TransformerLens does not support the architecture in {folder} ({e}); "
-                "use a supported architecture (Llama, GPT-2, Gemma, Pythia, ...)"
+                f"TransformerLens does not support the architecture of {hf.config.model_type!r} "
+                f"models ({e}); use the default backend 'hf', which hooks every site on the "
+                "transformers model"
             ) from e
         state = loading.get_pretrained_state_dict(str(folder), cfg, hf_model=hf, dtype=dtype)
         tl = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
