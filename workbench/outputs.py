@@ -72,8 +72,13 @@ def write_marker(folder: str | os.PathLike[str], kind: str) -> None:
 
 
 def _is_workbench_file(path: Path) -> bool:
-    """Whether ``path`` is a safetensors file written by :func:`workbench.io.save_tensors`."""
+    """Whether ``path`` is a safetensors file written by :func:`workbench.io.save_tensors`, or
+    a llama.cpp control vector exported by the workbench (its ``workbench.vector`` key)."""
     try:
+        with path.open("rb") as f:
+            head = f.read(65536)
+        if head[:4] == b"GGUF":
+            return b"workbench.vector" in head
         with path.open("rb") as f:
             n = int.from_bytes(f.read(8), "little")
             if not 2 <= n <= 100_000_000:

@@ -1,7 +1,8 @@
 """``workbench vector ...``: build steering vectors and inspect saved ones.
 
-Sub-verbs (each thin over :mod:`workbench.vectors.build`): ``from-prompts``, ``from-datasets``,
-``probe``, ``iti``, ``from-component``, ``from-sae``, ``random`` and ``info``. Builders save with
+Sub-verbs (each thin over :mod:`workbench.vectors`): ``from-prompts``, ``from-datasets``,
+``probe``, ``iti``, ``from-component``, ``from-sae``, ``random``, ``info``, and ``export`` /
+``import`` of llama.cpp control vectors (:mod:`workbench.vectors.llamacpp`). Builders save with
 ``SteeringVector.save`` and print the same summary ``info`` prints.
 """
 
@@ -115,9 +116,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = _sub(sub, "info", "describe a saved vector", _info, out=False)
     p.add_argument("file", help="vector .safetensors file")
 
+    p = _sub(
+        sub,
+        "export",
+        "write a vector as a llama.cpp control vector (--control-vector FILE)",
+        _export,
+        out=False,
+    )
+    p.add_argument("file", help="vector .safetensors file")
+    p.add_argument("output", help="the .gguf file to write")
+    p.add_argument("--format", default="gguf", choices=("gguf",), help="llama.cpp's format")
+    p.add_argument(
+        "--coeff",
+        default=None,
+        help="fold this coefficient into the file (default: none; llama.cpp's scale is it)",
+    )
+    p.add_argument("--units", default="raw", choices=("raw", "norm"), help="of --coeff")
+    p.add_argument(
+        "--row",
+        default=None,
+        help="for a per-position (prompt-pair) vector: mean, last or a row index",
+    )
+    p.add_argument("--model-hint", default=None, help="llama.cpp architecture name to record")
+    p.add_argument("--overwrite", action="store_true", help="replace a file exported before")
+
+    p = _sub(sub, "import", "read a llama.cpp control vector (.gguf) as a vector", _import)
+    p.add_argument("file", help="control vector .gguf (from llama.cpp, repeng or an export)")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"name or folder (default {DEFAULT_MODEL})"
+    )
+
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     handler: Handler = args._vector_handler
+    if getattr(args, "output", None) is not None:  # `export` writes its positional file
+        with claim_output(args.output, kind=KIND, overwrite=args.overwrite, file=True):
+            return handler(args)
     if getattr(args, "out", None) is None:  # `info` writes nothing
         return handler(args)
     # Checked and locked before the model loads; the handler writes the file atomically.
@@ -286,6 +320,13 @@ def _fmt(x: Any) -> str:
 
 
 def render(result: dict[str, Any]) -> str:
+    if "format" in result:  # export
+        lines = [f"wrote {result['file']} ({result['format']})"]
+        lines += [
+            f"  our {ours} -> llama.cpp {theirs}" for ours, theirs in result["layers"].items()
+        ]
+        lines.append(f"  use: {result['use']}")
+        return "\n".join(lines)
     lines = [
         f"{result['method']} vector for {result['model']} (d_model {result['d_model']}), "
         f"site {result['site']}" + (f" -> {result['path']}" if result.get("path") else "")
@@ -331,3 +372,37 @@ def render(result: dict[str, Any]) -> str:
     if "recipe" in result:
         lines.append(f"  recipe: {result['recipe']}")
     return "\n".join(lines)
+
+
+def _export(args: argparse.Namespace) -> dict[str, Any]:
+    from workbench.parse import number
+    from workbench.vectors.llamacpp import export_control_vector, llamacpp_layer
+
+    vector = SteeringVector.load(args.file)
+    row: str | int | None = args.row
+    if row is not None and row not in ("mean", "last"):
+        check(str(row).isdigit(), f"--row {row!r}: use mean, last or a row index")
+        row = int(row)
+    coeff = None if args.coeff is None else number(args.coeff, "--coeff")
+    path = export_control_vector(
+        vector, args.output, coeff=coeff, units=args.units, row=row, model_hint=args.model_hint
+    )
+    mapping = {
+        f"{vector.site} {layer}": f"direction.{llamacpp_layer(vector.site, layer)}"
+        for layer in vector.layers
+    }
+    return {
+        "file": str(path),
+        "format": "gguf (llama.cpp control vector)",
+        "layers": mapping,
+        "coeff_folded": coeff,
+        "use": f"llama-cli -m MODEL.gguf --control-vector{'' if coeff else '-scaled'} {path}"
+        + ("" if coeff else " COEFF"),
+    }
+
+
+def _import(args: argparse.Namespace) -> dict[str, Any]:
+    from workbench.vectors.llamacpp import import_control_vector
+
+    vector = import_control_vector(args.file, _model(args))
+    return _save(vector, _out_path(args))
