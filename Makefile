@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-SRC    := workbench dictionaries app tests benchmarks
+SRC    := workbench dictionaries app tests benchmarks scripts
 
 # Torch: the CPU wheel unless a GPU is present. Users with CUDA can override, e.g.
 #   make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu126
@@ -12,7 +12,7 @@ TORCH_INDEX ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo ""; \
 	elif ls $${PIP_FIND_LINKS:-/nonexistent}/torch-*+cpu-*.whl >/dev/null 2>&1; then echo ""; \
 	else echo https://download.pytorch.org/whl/cpu; fi)
 
-.PHONY: setup demo test lint typecheck imports fast-test bench bench-smoke app clean
+.PHONY: setup demo test lint typecheck imports fast-test bench bench-smoke app clean interop
 
 setup: $(STAMP)
 
@@ -64,3 +64,9 @@ app: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+# Opt-in, not part of `make test`: builds llama-cpp-python from source (minutes), then checks
+# that a vector exported here steers llama.cpp the way it steers the workbench.
+interop: setup
+	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} $(PIP) install -q llama-cpp-python==0.3.36
+	$(PY) scripts/interop_llamacpp.py
