@@ -2,7 +2,8 @@
 
 A landing page and five pages (one file each in ``app/views/``) over the same library functions the CLI uses:
 model and data, decompose and discover, steer, overshoot, compose. The app holds no logic of
-its own; see :mod:`app.state` for what is cached and kept between reruns.
+its own; see :mod:`app.state` for what is cached and kept between reruns, and
+:mod:`app.session_store` for what is kept on disk between sessions.
 
 The folder is not called ``pages/``: Streamlit treats a ``pages/`` folder beside the main script
 as a legacy multipage app and would run a page opened by URL without this script (no
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import state
+from app import session_store, state
 
 st.set_page_config(page_title="Steering workbench", page_icon=":material/tune:", layout="wide")
 
@@ -26,9 +27,14 @@ PAGES = [
     st.Page("views/5_compose.py", title="Compose", icon=":material/join_inner:"),
 ]
 
+session_store.restore()  # once per browser session: what the last session kept
 page = st.navigation(PAGES)
 with st.sidebar:
     st.caption(f"Model: `{state.model_name()}`")
     kept = list(state.library())
     st.caption(f"Kept vectors: {', '.join(kept) if kept else 'none yet'}")
-page.run()
+    session_store.clear_button()
+try:
+    page.run()
+finally:  # also when the page stops early (st.stop) or reruns
+    session_store.save()

@@ -364,3 +364,54 @@ def test_workbench_app_command_binds_locally() -> None:
     assert Path(cmd[cmd.index("run") + 1]) == MAIN
     with pytest.raises(WorkbenchError, match="not a port number"):
         app_command.streamlit_command(argparse.Namespace(port=0, host="127.0.0.1"))
+
+
+def test_the_session_is_remembered_across_a_reload_and_cleared_on_request(
+    at: AppTest, tiny_model: Model, tmp_path: Path
+) -> None:
+    """A new browser session (a reload, or the next `workbench app`) gets the last session's
+    results and kept vectors back; "Clear session" forgets them, on disk too."""
+    _open(at, "steer")
+    at.text_input(key="steer_prompt").set_value("The weather today")
+    at.number_input(key="steer_n").set_value(2)
+    at.number_input(key="steer_tokens").set_value(4)
+    at.button(key="steer_go").click().run()
+    _ok(at)
+    before = _boxes(at, "steered")
+    assert len(before) == 2
+    saved = tmp_path / "work" / "session" / "session.json"
+    assert saved.is_file() and '"steer_last":' in saved.read_text()
+
+    fresh = AppTest.from_file(str(MAIN), default_timeout=60)  # a new session: nothing in memory
+    fresh.run()
+    _open(fresh, "steer")
+    _ok(fresh)
+    assert _boxes(fresh, "steered") == before, "the reloaded page lost the steering result"
+
+    fresh.button(key="session_clear").click().run()
+    _ok(fresh)
+    # what is saved now is the fresh session: no result, no vector file
+    assert not saved.exists() or '"steer_last":' not in saved.read_text()
+    assert not list((tmp_path / "work" / "session").glob("vectors/*"))
+    again = AppTest.from_file(str(MAIN), default_timeout=60)
+    again.run()
+    _open(again, "steer")
+    assert _boxes(again, "steered") == []
+
+
+def test_session_values_round_trip_without_pickle(tiny_model: Model, tmp_path: Path) -> None:
+    from app.history import Run
+    from app.session_store import _decode, _encode, _Skip
+
+    vec = from_prompts(tiny_model, "Love", "Hate", layers=1)
+    plan = SteeringPlan.of(vec, 5.0, layers=[1])
+    runs = [Run(1, "x", "m", True)]
+    value = {"data": {"vector": vec, "pair": (1, "a"), "runs": runs, "plan": plan}}
+    text = json.dumps(_encode(value, tmp_path))  # plain JSON; the vector is a safetensors file
+    back = _decode(json.loads(text), tmp_path)
+    assert back["data"]["pair"] == (1, "a") and back["data"]["runs"][0].label == "x"
+    assert np.array_equal(back["data"]["vector"].directions[1], vec.directions[1])
+    entry = back["data"]["plan"].entries[0]
+    assert entry.coeff == 5.0 and entry.layers == [1] and entry.vector.method == "prompt_pair"
+    with pytest.raises(_Skip):
+        _encode({"f": object()}, tmp_path)

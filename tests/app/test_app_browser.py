@@ -347,3 +347,16 @@ def test_a_failed_run_keeps_the_good_one(driver: Any, app_url: str) -> None:
     _until(driver, lambda d: "vector file not found" in _page_text(d))
     assert len(driver.find_elements(By.CSS_SELECTOR, ".wb-steered")) == SAMPLES
     _no_exception(driver)
+
+
+def test_a_reload_keeps_the_session(driver: Any, app_url: str) -> None:
+    """Issue 16: a page reload (a new Streamlit session) forgot every result."""
+    By = _by()
+    _open(driver, f"{app_url}/steer")
+    _click(driver, "Steer")
+    _until(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".wb-steered")) == SAMPLES)
+    driver.refresh()
+    _until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "h1"))
+    _idle(driver)
+    _until(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".wb-steered")) == SAMPLES)
+    _no_exception(driver)
