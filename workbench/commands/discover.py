@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--method",
         default="ica",
         help="ica (default: found the planted property most often, see the README), pca, "
-        "dictlearn, sae, pretrained-sae",
+        "dictlearn, sae, pretrained-sae; or melbo / jacobian: learn directions at --layer "
+        "(the source) that most move --target-layer, no corpus",
     )
     parser.add_argument("--k", type=int, default=16, help="number of components (default 16)")
     parser.add_argument(
@@ -75,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--positions", default="all", choices=("all", "last", "mean"))
     parser.add_argument("--max-tokens", type=int, default=64, help="cut captured documents")
+    _add_learned_arguments(parser.add_argument_group("melbo and jacobian (unsupervised vectors)"))
     add_hygiene_arguments(parser.add_argument_group("input hygiene (before the fit)"))
     _add_trial_arguments(parser.add_argument_group("calibration and ranking"))
     parser.add_argument(
@@ -90,6 +92,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def _add_learned_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--target-layer",
+        type=int,
+        default=None,
+        help="layer whose resid_pre the vectors should move (default: halfway from --layer to "
+        "the last layer)",
+    )
+    group.add_argument(
+        "--radius",
+        type=float,
+        default=1.0,
+        help="R: the vectors' norm while training, in units of --layer's mean residual norm "
+        "(default 1)",
+    )
+    group.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="Adam steps (melbo, default 100) or power iterations (jacobian, default 20)",
+    )
+    group.add_argument(
+        "--prompts",
+        default=None,
+        help="prompts to train on: builtin:NAME, .txt or .jsonl (default: built-in instructions)",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of the initial vectors")
 
 
 def _add_trial_arguments(trial: argparse._ArgumentGroup) -> None:
@@ -246,9 +277,101 @@ def _check_docs(n_docs: int, k: int, fitting: bool) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    from workbench.decompose.trials import TrialSettings
+def run_learned_discovery(
+    model: Model,
+    *,
+    method: str,
+    source: int,
+    out: str | Path,
+    target: int | None = None,
+    k: int = 8,
+    radius: float = 1.0,
+    iterations: int | None = None,
+    prompts: str | None = None,
+    seed: int = 0,
+    settings: TrialSettings | None = None,
+    rank_by: str | None = None,
+    overwrite: bool = False,
+) -> Discovery:
+    """``discover --method melbo|jacobian``: learn ``k`` directions, then calibrate, rank and
+    label them as :func:`run_discovery` does; ``out`` gets ``candidates/`` and
+    ``discover.json``, atomically."""
+    from workbench.decompose.discover import discover_learned
+    from workbench.decompose.jacobian import train_jacobian
+    from workbench.decompose.melbo import check_setup, resolve_prompts, train_melbo
 
+    check(method in LEARNED_METHODS, f"unknown learned method {method!r}: use melbo or jacobian")
+    target = default_target(model, source) if target is None else target
+    check_setup(model, source, target, k, radius)
+    resolve_prompts(prompts)  # an empty or unknown prompt set fails before the claim
+    with claim_output(out, kind=KIND, overwrite=overwrite) as claim:
+        common: dict[str, Any] = {
+            "source": source,
+            "target": target,
+            "k": k,
+            "radius": radius,
+            "prompts": prompts,
+            "seed": seed,
+        }
+        if iterations is not None:
+            common["iterations"] = iterations
+        learned = (
+            train_melbo(model, **common) if method == "melbo" else train_jacobian(model, **common)
+        )
+        with claim.staged() as tmp:
+            result = discover_learned(model, learned, settings=settings, rank_by=rank_by)
+            result.save(tmp, record_as=Path(out))
+    return result
+
+
+LEARNED_METHODS = ("melbo", "jacobian")
+
+
+def default_target(model: Model, source: int) -> int:
+    """Halfway from ``source`` to the last layer (at least one layer on)."""
+    return min(model.n_layers - 1, source + max(1, (model.n_layers - 1 - source) // 2))
+
+
+def _run_learned(args: argparse.Namespace, settings: TrialSettings) -> dict[str, Any]:
+    from workbench.model.load import load_model
+
+    check(
+        args.corpus is None and args.acts is None and args.dictionary is None,
+        f"--method {args.method} learns its vectors from --prompts: drop --corpus, --acts and "
+        "--dictionary",
+    )
+    check(args.radius > 0, f"radius R must be positive (got {args.radius:g})")
+    check(args.k >= 1, f"--k must be at least 1 (got {args.k})")
+    check(
+        args.target_layer is None or args.layer < args.target_layer,
+        f"source layer {args.layer} must come before target layer {args.target_layer}",
+    )
+    from workbench.decompose.melbo import resolve_prompts
+
+    resolve_prompts(args.prompts)
+    check_out(Path(args.out), None)
+    result = run_learned_discovery(
+        load_model(args.model or DEFAULT_MODEL),
+        method=args.method,
+        source=args.layer,
+        target=args.target_layer,
+        out=args.out,
+        k=args.k,
+        radius=args.radius,
+        iterations=args.iterations,
+        prompts=args.prompts,
+        seed=args.seed,
+        settings=settings,
+        rank_by=args.rank_by,
+        overwrite=args.overwrite,
+    )
+    return {**result.to_json(), "out": str(args.out)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+
+    if args.method in LEARNED_METHODS:
+        return _run_learned(args, _settings(args))
     check(
         (args.corpus is None) != (args.acts is None),
         "give exactly one of --corpus (capture it here) and --acts (reuse a store)",
@@ -256,14 +379,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     name = args.model
     site = args.site or "resid_pre"
     hygiene = hygiene_from(args)
-    settings = TrialSettings(
-        damage_budget=args.damage_budget,
-        n_prompts=args.n_prompts,
-        n_damage=args.n_damage,
-        max_new_tokens=args.max_new_tokens,
-        n_random=args.n_random,
-        batch_size=args.batch_size,
-    )
+    settings = _settings(args)
     concepts = load_concepts(args.concepts) if args.concepts is not None else None
     _check_contrast(args.rank_by, args.contrast, args.corpus)
     # Claimed before the store is read and the model loaded; run_discovery shares the lock.
@@ -324,6 +440,17 @@ def _run(
         overwrite=args.overwrite,
     )
     return {**result.to_json(), "out": str(args.out)}
+
+
+def _settings(args: argparse.Namespace) -> TrialSettings:
+    return TrialSettings(
+        damage_budget=args.damage_budget,
+        n_prompts=args.n_prompts,
+        n_damage=args.n_damage,
+        max_new_tokens=args.max_new_tokens,
+        n_random=args.n_random,
+        batch_size=args.batch_size,
+    )
 
 
 def render(result: dict[str, Any]) -> str:

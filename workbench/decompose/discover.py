@@ -54,11 +54,13 @@ from workbench.decompose.component_stats import (
 )
 from workbench.decompose.inspect import check_store, component_codes, logit_lens
 from workbench.decompose.labels import candidate_label, contrastive_words
+from workbench.decompose.melbo import Learned
 from workbench.decompose.trials import Calibration, Trials, TrialSettings, row_steering
 from workbench.errors import check
 from workbench.io import write_json
 from workbench.model.hooks import Site, backend_for
 from workbench.model.load import Model
+from workbench.vectors.assemble import assemble
 from workbench.vectors.dictionary import from_component
 from workbench.vectors.probe import auroc
 from workbench.vectors.vector import SteeringVector
@@ -85,9 +87,9 @@ class Candidate:
     completions: list[str]
     top_tokens: list[str]
     lens_tokens: list[str]
-    variance_share: float
+    variance_share: float | None
     between_doc_share: float | None
-    active_fraction: float
+    active_fraction: float | None
     docs: list[DocExample]
     opposite_docs: list[DocExample]
     vector: SteeringVector = field(repr=False)
@@ -233,7 +235,8 @@ DEFINITIONS = {
     "inert": "effect_vs_random <= 1 (no stronger than a random direction at the same damage), "
     "or no coefficient within the budget",
     "between_doc_share": "share of the component's variance between documents (vs between "
-    "tokens of one document); null for one row per document",
+    "tokens of one document); null for one row per document, and with variance_share and "
+    "active_fraction null for learned directions (melbo, jacobian: no store)",
     "variance_share": "variance of the component's code over the total variance of the "
     "(scaled) rows it was fitted on",
     "active_fraction": "fraction of rows whose code lies over 2 standard deviations from the mean "
@@ -254,19 +257,24 @@ DEFINITIONS = {
 
 def _score(
     rank_by: str,
-    stats: ComponentStats,
+    stats: ComponentStats | None,
     effect: float,
     vs_random: float | None,
     contrast: float | None,
 ) -> float:
-    share = stats.between_doc_share if stats.between_doc_share is not None else stats.variance_share
+    if stats is None:  # learned directions (MELBO, Jacobian): no store, rank by effect
+        share = 1.0
+    elif stats.between_doc_share is not None:
+        share = stats.between_doc_share
+    else:
+        share = stats.variance_share
     strength = vs_random if vs_random is not None else effect
     separation = 0.0 if contrast is None else max(0.0, 2 * contrast - 1)  # 0 chance .. 1 perfect
     value = {
         "combined": share * strength,
         "between": share,
         "effect": strength,
-        "variance": stats.variance_share,
+        "variance": share if stats is None else stats.variance_share,
         "contrast": separation * strength,
     }[rank_by]
     return float(value) if math.isfinite(value) else 0.0
@@ -355,7 +363,7 @@ def _candidate(
     model: Model,
     site: Site,
     m: _Measured,
-    stats: ComponentStats,
+    stats: ComponentStats | None,
     s: TrialSettings,
     rank_by: str,
     contrast: float | None,
@@ -372,7 +380,7 @@ def _candidate(
         if site.kind != "z"
         else []
     )
-    docs, opposite = stats.docs_for(sign)
+    docs, opposite = stats.docs_for(sign) if stats is not None else ([], [])
     name = candidate_name(index, sign)
     return Candidate(
         index=index,
@@ -390,9 +398,11 @@ def _candidate(
         completions=m.completions[c],
         top_tokens=m.top_tokens[c],
         lens_tokens=lens,
-        variance_share=stats.variance_share,
-        between_doc_share=stats.between_doc_share,
-        active_fraction=stats.active_fraction["pos" if sign > 0 else "neg"],
+        variance_share=None if stats is None else stats.variance_share,
+        between_doc_share=None if stats is None else stats.between_doc_share,
+        active_fraction=None
+        if stats is None
+        else stats.active_fraction["pos" if sign > 0 else "neg"],
         docs=docs,
         opposite_docs=opposite,
         vector=vector,
@@ -480,4 +490,76 @@ def discover(
         mean_norm=norm,
         controls=m.controls,
         hygiene=dictionary.fit_stats_.get("input"),
+    )
+
+
+LEARNED_RANKINGS = ("combined", "effect")
+
+
+def discover_learned(
+    model: Model,
+    learned: Learned,
+    *,
+    settings: TrialSettings | None = None,
+    rank_by: str | None = None,
+) -> Discovery:
+    """Candidates from directions learned on the model (MELBO, Jacobian), both signs of each.
+
+    Calibration, effects, controls, labels and saving are those of :func:`discover`. There is no
+    store, so no store-side statistics (variance and between-document shares, documents):
+    ``combined`` ranking is ``effect_vs_random`` alone, and the store-based rankings are refused.
+    The vectors' recipes say how they were learned (method, layers, R, prompts, seed).
+    """
+    s = settings or TrialSettings()
+    rank_by = rank_by or "combined"
+    check(
+        rank_by in LEARNED_RANKINGS,
+        f"--rank-by {rank_by} needs store statistics that {learned.method} vectors lack: use "
+        f"one of {', '.join(LEARNED_RANKINGS)}",
+    )
+    layer = learned.source
+    site = Site("resid_pre", layer).check(model)
+    k = learned.directions.shape[0]
+    signs = [(i, sg) for i in range(k) for sg in (1, -1)]
+    vectors = [
+        assemble(
+            model,
+            {layer: sg * learned.directions[i]},
+            site=site.kind,
+            method=learned.method,
+            recipe={**learned.recipe, "index": i, "sign": sg},
+            info={"index": i, "sign": sg, "objective": learned.objective[i]},
+        )
+        for i, sg in signs
+    ]
+    units = torch.stack([v.directions[layer] for v in vectors])  # (2k, d_model)
+    norm = vectors[0].layer_norms[layer]
+    m = _measure(model, site, units, norm, s)
+    candidates = [
+        _candidate(c, i, sg, vectors[c], model, site, m, None, s, rank_by, None)
+        for c, (i, sg) in enumerate(signs)
+    ]
+    candidates.sort(key=lambda cd: (cd.inert, -cd.score, cd.index, -cd.sign))
+    recipe = {key: v for key, v in learned.recipe.items() if key != "prompt_texts"}
+    return Discovery(
+        model=model.name,
+        layer=layer,
+        site=site.kind,
+        method=learned.method,
+        k=k,
+        candidates=candidates,
+        settings=s,
+        rank_by=rank_by,
+        unsteered_completions=m.unsteered,
+        mean_norm=norm,
+        controls=m.controls,
+        hygiene=None,
+        extra={
+            "learned": {
+                **recipe,
+                "objective": learned.objective,
+                "seconds": learned.seconds,
+                "n_prompts": len(learned.recipe.get("prompt_texts", [])),
+            }
+        },
     )
