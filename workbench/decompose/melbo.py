@@ -4,7 +4,7 @@
 residual stream (``resid_pre``) of a source layer ``s`` at every position, maximising how far
 they move the residual stream at a later target layer ``t`` over a set of prompts::
 
-    objective(v) = mean over prompts and real positions of ||h_t(x; +v) - h_t(x)||^p
+    objective(v) = mean over prompts and real positions but BOS of ||h_t(x; +v) - h_t(x)||^p
 
 No labels are used: the vectors that move layer ``t`` most tend to switch what the model does
 (language, persona, refusal), which decomposing a corpus does not find.
@@ -149,6 +149,12 @@ class Displacement:
         self.model, self.source, self.target, self.p = model, source, target, p
         ids, mask, _ = model.encode(prompts, max_tokens=48)
         self.ids, self.mask = ids.to(model.device), mask.to(model.device)  # (P, pos)
+        # The objective leaves out BOS (the vector is still added there): its residual norm is
+        # ~100x the others' in real models, and it would make the objective "move BOS" (on
+        # SmolLM2-135M, 6 -> 18, it carried over 99% of it). Each prompt keeps >= 1 token.
+        self.counted = self.mask.clone()  # (P, pos)
+        if model.bos_token_id is not None:
+            self.counted[:, 0] = 0
         with torch.no_grad():
             self.base = self.h_t(self.ids, self.mask, None)  # (P, pos, d_model)
 
@@ -175,9 +181,10 @@ class Displacement:
         add = v.repeat_interleave(n_prompts, dim=0)  # (n * P, d_model)
         delta = self.h_t(ids, mask, add) - self.base.repeat(n, 1, 1)  # (n * P, pos, d_model)
         # Squared norm first: the norm's own gradient is NaN at zero displacement.
-        per_pos = (delta * delta).sum(dim=-1) ** (self.p / 2) * mask  # (n * P, pos)
+        counted = self.counted.repeat(n, 1)  # (n * P, pos)
+        per_pos = (delta * delta).sum(dim=-1) ** (self.p / 2) * counted  # (n * P, pos)
         per_vec = per_pos.view(n, n_prompts, -1).sum(dim=(1, 2))  # (n,)
-        return per_vec / self.mask.sum()
+        return per_vec / self.counted.sum()
 
 
 def orthonormal(v: torch.Tensor, fixed: torch.Tensor | None = None) -> torch.Tensor:
