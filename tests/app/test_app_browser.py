@@ -151,12 +151,14 @@ def _until(driver: Any, cond: Callable[[Any], Any], timeout: float = WAIT_S) -> 
 
 
 def _idle(driver: Any) -> None:
-    """Wait until Streamlit has finished the current rerun (no 'Running' status)."""
-    time.sleep(0.4)
-    _until(
-        driver,
-        lambda d: not d.find_elements(_by().CSS_SELECTOR, '[data-testid="stStatusWidget"]'),
-    )
+    """Wait until Streamlit has finished the current rerun (no 'Running' status). On a loaded
+    machine the rerun may start late, so first give the status a moment to appear."""
+    from selenium.common.exceptions import TimeoutException
+
+    status = '[data-testid="stStatusWidget"]'
+    with contextlib.suppress(TimeoutException):
+        _until(driver, lambda d: d.find_elements(_by().CSS_SELECTOR, status), timeout=1.0)
+    _until(driver, lambda d: not d.find_elements(_by().CSS_SELECTOR, status))
 
 
 def _open(driver: Any, url: str) -> None:
