@@ -48,7 +48,10 @@ def test_json_output(
 ) -> None:
     out = tmp_path / "s"
     rc = main(
-        [*_capture(tiny_model_dir, corpus, out, "--layers", "3,1", "--store-dtype", "float32"), "--json"]
+        [
+            *_capture(tiny_model_dir, corpus, out, "--layers", "3,1", "--store-dtype", "float32"),
+            "--json",
+        ]
     )
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
