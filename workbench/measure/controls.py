@@ -261,8 +261,8 @@ def _permutation_p(on: np.ndarray, off: np.ndarray, n_perm: int, seed: int) -> f
     rng = np.random.default_rng(seed)
     j_on = rng.integers(0, k1, (n_perm, on.shape[1]))  # (n_perm, n_on)
     j_off = rng.integers(0, k1, (n_perm, off.shape[1]))  # (n_perm, n_off)
-    on_pick = np.take_along_axis(on.T[None].repeat(n_perm, 0), j_on[..., None], 2)[..., 0]
-    off_pick = np.take_along_axis(off.T[None].repeat(n_perm, 0), j_off[..., None], 2)[..., 0]
+    on_pick = on[j_on, np.arange(on.shape[1])]  # (n_perm, n_on): the picked row's values
+    off_pick = off[j_off, np.arange(off.shape[1])]  # (n_perm, n_off)
     perm = stat(on_pick, off_pick)  # (n_perm,)
     return float((1 + np.sum(perm >= observed - 1e-12)) / (n_perm + 1))
 

@@ -10,6 +10,7 @@ the same thing on the other (tests check that their logits agree).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -91,13 +92,10 @@ class Model:
         """Whether the TransformerLens copy exists (it is built only on demand)."""
         return self.tl_model is not None
 
-    @property
+    @functools.cached_property
     def _config(self) -> dict[str, int]:
-        cached = self.info.get("_shape")
-        if cached is None:
-            cached = _shape(self.hf.config) if self.hf is not None else _tl_shape(self.tl.cfg)
-            self.info["_shape"] = cached
-        return dict(cached)
+        """Layers, widths, heads and context, read once from the model's config."""
+        return _shape(self.hf.config) if self.hf is not None else _tl_shape(self.tl.cfg)
 
     @property
     def n_layers(self) -> int:

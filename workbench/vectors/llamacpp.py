@@ -101,14 +101,19 @@ def export_control_vector(
 
     check(vector.site != "z", "head-level (z) vectors cannot be exported to llama.cpp")
     directions: dict[int, np.ndarray] = {}
+    mapping: dict[str, str] = {}
     for layer in sorted(vector.directions):
         n = llamacpp_layer(vector.site, layer)
+        mapping[str(n)] = f"{vector.site} {layer}"
         t = _one_row(vector.directions[layer], layer, row)
-        scale = 1.0 if coeff is None else vector.raw_coefficient(coeff, layer, "raw")
-        if coeff is not None and units == "norm":  # the added norm = coeff x the layer's norm
+        if coeff is None:
+            scale = 1.0
+        elif units == "norm":  # the added norm = coeff x the layer's norm (of the chosen row)
             check(layer in vector.layer_norms, f"no residual norm recorded for layer {layer}")
             check(float(t.norm()) > 0, f"the direction at layer {layer} is zero")
             scale = coeff * vector.layer_norms[layer] / float(t.norm())
+        else:
+            scale = vector.raw_coefficient(coeff, layer, "raw")
         arr = (scale * t).to(torch.float32).numpy()  # (d_model,)
         check(
             bool(np.isfinite(arr).all()), f"the exported direction at layer {layer} is not finite"
@@ -117,7 +122,7 @@ def export_control_vector(
     hint = model_hint or _HINTS.get(vector.model, vector.info.get("architecture", "llama"))
     meta = {
         "vector": vector.describe(),
-        "mapping": {str(n): f"{vector.site} {layer}" for n, layer in _pairs(vector)},
+        "mapping": mapping,
         "coeff_folded": coeff,
         "units": units if coeff is not None else None,
         "row": row,
@@ -135,10 +140,6 @@ def export_control_vector(
         writer.write_tensors_to_file()
         writer.close()
     return final
-
-
-def _pairs(vector: SteeringVector) -> list[tuple[int, int]]:
-    return [(llamacpp_layer(vector.site, layer), layer) for layer in sorted(vector.directions)]
 
 
 def _field_text(reader: Any, key: str) -> str | None:
