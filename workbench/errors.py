@@ -9,7 +9,14 @@ from __future__ import annotations
 
 
 class WorkbenchError(Exception):
-    """A problem with the user's input, with a message that says how to fix it."""
+    """A problem with the user's input, with a message that says how to fix it.
+
+    The message is always one line: line breaks from echoed input (a path or a prompt typed
+    with a newline) are shown escaped, so no caller has to clean what it quotes.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def check(condition: bool, message: str) -> None:

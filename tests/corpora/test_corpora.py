@@ -272,3 +272,13 @@ def test_limit_stops_before_a_later_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "c.jsonl"
     path.write_text('{"text": "a"}\n{"text": "b"}\nnot json\n', encoding="utf-8")
     assert load_corpus(path, limit=2) == ["a", "b"]
+
+
+def test_a_path_with_a_line_break_is_still_a_one_line_error() -> None:
+    """Found by the property tests: the echoed path carried its newline into the message."""
+    from workbench.corpora import load_corpus
+    from workbench.errors import WorkbenchError
+
+    with pytest.raises(WorkbenchError) as err:
+        load_corpus("missing\nfile.txt")
+    assert "\n" not in str(err.value) and "missing\\nfile.txt" in str(err.value)
