@@ -15,7 +15,6 @@ something writes it.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import streamlit as st
 
 from app import state
 from app.history import Run
-from workbench.io import write_json
+from workbench.io import remove, write_json
 from workbench.steer.plan import PlanEntry, SteeringPlan
 from workbench.vectors.vector import SteeringVector
 
@@ -150,7 +149,7 @@ def restore() -> None:
 def clear_button() -> None:
     """A sidebar button that forgets the session: the saved files and this tab's state."""
     if st.button("Clear session", key="session_clear", help=f"delete {folder()} and start over"):
-        shutil.rmtree(folder(), ignore_errors=True)
+        remove(folder())
         for key in list(st.session_state):
             del st.session_state[key]
         st.session_state[RESTORED] = True  # nothing to restore any more

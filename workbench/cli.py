@@ -77,6 +77,24 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``error`` was raised while handling, if any."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__context__
+    return None
+
+
+def _stopped(name: str, e: KeyboardInterrupt) -> int:
+    how = "terminated" if isinstance(e, Terminated) else "interrupted"
+    print(f"workbench {name}: {how}; completed work was kept", file=sys.stderr)
+    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+
 def _quiet_transformers() -> None:
     # transformers may be imported already (command modules import it), so environment
     # variables come too late: switch its logging and weight-loading progress bars off directly.
@@ -116,9 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workbench {mod.NAME}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        how = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(f"workbench {mod.NAME}: {how}; completed work was kept", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+        return _stopped(mod.NAME, e)
+    except Exception as e:
+        # An interrupt that lands inside library cleanup code can be replaced by the error that
+        # code raises while unwinding (e.g. rmtree closing a descriptor twice): still a stop.
+        interrupt = _interrupt_behind(e)
+        if interrupt is None:
+            raise
+        return _stopped(mod.NAME, interrupt)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

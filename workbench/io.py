@@ -43,30 +43,60 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             if final.is_dir() and target.is_dir():
                 # os.replace cannot replace a non-empty folder: move the old one aside first.
                 old = final.with_name(f".{final.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
+                remove(old)
                 os.replace(final, old)
                 os.replace(target, final)
-                shutil.rmtree(old, ignore_errors=True)
+                remove(old)
             else:
                 os.replace(target, final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)
+
+
+def remove(path: Path) -> None:
+    """Remove a file or folder tree if it exists, with SIGINT and SIGTERM held until done.
+
+    An interrupt raised inside ``shutil.rmtree``'s descriptor walk makes it close a descriptor
+    twice, and the ``OSError`` that follows replaces the interrupt (a SIGTERM then exits 1 with a
+    traceback instead of 143). Cleanup is short, so the signal simply waits for it.
+    """
+    with _signals_deferred():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back until the block ends (main thread, POSIX; else a no-op)."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not (
-        threading.main_thread()
-    ):
+    """Hold SIGINT and SIGTERM back until the block ends, then deliver them (main thread only;
+    elsewhere a no-op, as Python runs signal handlers only in the main thread).
+
+    The handlers are swapped for one that records the signal, rather than masking the signal:
+    a mask set in the main thread does not cover threads started earlier (torch's pools), and
+    the kernel hands a process-wide signal to any thread that does not block it.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pending: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in held}
+    for s in held:
+        if previous[s] is not None:  # None: a handler set outside Python, left alone
+            signal.signal(s, hold)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            if handler is not None:
+                signal.signal(s, handler)
+        for s in dict.fromkeys(pending):
+            signal.raise_signal(s)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import socket
 import sys
 import threading
@@ -42,7 +41,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from workbench.errors import WorkbenchError, check
-from workbench.io import atomic_path
+from workbench.io import atomic_path, remove
 
 MARKER = ".workbench"
 
@@ -223,11 +222,11 @@ def clean_stale(final: Path) -> None:
     temp = re.compile(re.escape(f".{final.name}.") + r"[A-Za-z0-9_]{8}\.tmp")
     for p in parent.iterdir():
         if temp.fullmatch(p.name):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            remove(p)
     old = parent / f".{final.name}.old"
     if old.exists():
         if final.exists():
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+            remove(old)
         else:
             os.replace(old, final)
 

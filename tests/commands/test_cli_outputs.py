@@ -190,3 +190,63 @@ def test_sigterm_removes_the_temporary_output(tiny_model_dir: Path, acts: Path, 
     )
     assert not out.exists()
     assert MARKER  # the marker constant is what the policy reads
+
+
+def test_an_error_raised_while_unwinding_a_sigterm_still_reports_the_stop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CI once saw a SIGTERM land inside shutil.rmtree, whose cleanup then raised EBADF: the
+    run must still exit 143 with the one-line message, not 1 with a traceback."""
+    import workbench.commands.models as models
+    from workbench.cli import Terminated
+
+    def run(args: object) -> None:
+        try:
+            raise Terminated()
+        except Terminated:
+            raise OSError(9, "Bad file descriptor") from None
+
+    monkeypatch.setattr(models, "run", run)
+    assert main(["models"]) == 128 + signal.SIGTERM
+    assert "models: terminated; completed work was kept" in capsys.readouterr().err
+
+
+def test_an_ordinary_error_is_not_taken_for_a_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import workbench.commands.models as models
+
+    def run(args: object) -> None:
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(models, "run", run)
+    with pytest.raises(OSError):
+        main(["models"])
+
+
+def test_remove_holds_signals_until_the_tree_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM sent while remove() runs arrives after it, with the folder fully removed."""
+    import shutil
+
+    from workbench.cli import Terminated, _terminate
+    from workbench.io import remove
+
+    tree = tmp_path / "tree"
+    for i in range(50):
+        (tree / f"d{i}").mkdir(parents=True)
+        (tree / f"d{i}" / "f").write_text("x")
+    real = shutil.rmtree
+
+    def rmtree_with_signal(path: Path, ignore_errors: bool = False) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # held: delivered only after the removal
+        time.sleep(0.05)  # give a handler that was not held the chance to run here
+        real(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr("workbench.io.shutil.rmtree", rmtree_with_signal)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with pytest.raises(Terminated):
+            remove(tree)
+        assert not tree.exists()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

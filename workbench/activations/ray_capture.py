@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from workbench.activations.ray_session import connect, worker_count, worker_reso
 from workbench.activations.writer import RowBatch, StoreWriter, claim_store, write_shard
 from workbench.corpora import load_corpus
 from workbench.errors import WorkbenchError, check
+from workbench.io import remove
 from workbench.model.hooks import recording
 from workbench.model.load import Model, load_model
 
@@ -260,4 +260,4 @@ def _remove_temp_files(path: Path) -> None:
     # Workers killed while writing a shard leave its temporary folder behind.
     for p in path.iterdir():
         if p.name.startswith(".shard-") and p.name.endswith(".tmp"):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            remove(p)

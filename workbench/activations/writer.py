@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -22,7 +21,7 @@ import torch
 
 from workbench.activations.store import DOCS, FORMAT, MANIFEST, is_store, layer_key, shard_name
 from workbench.errors import WorkbenchError, check
-from workbench.io import atomic_path, read_json, save_tensors, write_json
+from workbench.io import atomic_path, read_json, remove, save_tensors, write_json
 from workbench.outputs import Output, check_output, claim_output, marker_kind, write_marker
 
 STORE_KIND = "activations"  # the kind in a store folder's workbench marker
@@ -158,10 +157,7 @@ def _remove_store_files(path: Path) -> None:
     # folder recognised (and replaceable) as a store.
     for p in sorted(path.iterdir(), key=lambda p: p.name == MANIFEST):
         if _OWN_FILE.fullmatch(p.name):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+            remove(p)
 
 
 def write_shard(path: Path, index: int, first_row: int, shard: RowBatch) -> dict[str, Any]:
@@ -227,7 +223,7 @@ class StoreWriter:
                 )
         for p in path.iterdir():  # temporary files left by a killed run
             if p.name.startswith(".") and p.name.endswith((".tmp", ".old")):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                remove(p)
         if marker_kind(path) is None:  # a store from before markers gets one
             write_marker(path, STORE_KIND)
         return cls(path, old)
