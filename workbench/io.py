@@ -95,8 +95,8 @@ def _signals_deferred() -> Iterator[None]:
         for s, handler in previous.items():
             if handler is not None:
                 signal.signal(s, handler)
-        for s in dict.fromkeys(pending):
-            signal.raise_signal(s)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
