@@ -26,6 +26,7 @@ from workbench.decompose.hygiene import DEFAULT_MAX_NORM_RATIO, DEFAULT_SCALE, H
 from workbench.decompose.inspect import ComponentReport, inspect_components
 from workbench.decompose.maps import Map2D
 from workbench.decompose.trials import TrialSettings
+from workbench.decompose.unsupervised import discover_unsupervised
 from workbench.experiments.compose import ComposeItem, run_compose
 from workbench.experiments.overshoot import OvershootThresholds
 from workbench.experiments.sweep import SweepConfig, parse_coeffs, run_sweep
@@ -245,6 +246,39 @@ def discovery(
         layer=layer,
         settings=TrialSettings(damage_budget=damage_budget),
         rank_by=rank_by,
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def learned_discovery(
+    model_name: str,
+    method: str,
+    source: int,
+    target: int,
+    k: int,
+    radius: float,
+    iterations: int,
+    measure: str,
+    prompts: tuple[str, ...] | None,
+    seed: int,
+    damage_budget: float,
+) -> Discovery:
+    """``workbench discover --method melbo|jacobian``: learn, calibrate, label and rank.
+
+    ``prompts`` ``None`` trains on the built-in instructions.
+    """
+    return discover_unsupervised(
+        get_model(model_name),
+        method,
+        source=source,
+        target=target,
+        k=k,
+        radius=radius,
+        iterations=iterations,
+        measure=measure,
+        prompts=None if prompts is None else list(prompts),
+        seed=seed,
+        settings=TrialSettings(damage_budget=damage_budget),
     )
 
 

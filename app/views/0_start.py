@@ -27,6 +27,12 @@ STEPS = [
         "vectors calibrated not to break the model. Send the one you like to steering.",
     ),
     (
+        "views/2_learn_vectors.py",
+        "2b. Learn without labels (instead of 2)",
+        "No corpus to decompose? Learn the directions that most move a later layer (MELBO or the "
+        "Jacobian) on a set of prompts, ranked and calibrated the same way.",
+    ),
+    (
         "views/3_steer.py",
         "3. Steer",
         "Unsteered and steered completions side by side, and which tokens steering makes more or "

@@ -8,22 +8,19 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import dictionaries
-from app import history, results, state
+from app import candidates, history, results, state
 from app.paths import inside_root
 from app.widgets import (
     attempt,
-    blocked,
     how_to_read,
     marked_context_html,
     progress_sink,
     token_chips,
-    why_disabled,
 )
 from dictionaries.progress import reporting
 from dictionaries.scaling import SCALES
 from workbench.activations.store import ActivationStore
 from workbench.decompose.discover import (
-    DEFINITIONS,
     RANKINGS,
     Candidate,
     Discovery,
@@ -387,29 +384,8 @@ shown = st.multiselect(
 )
 
 
-def _kept_label(name: str) -> str:
-    """The label a candidate is kept and steered under: its one name, with where it came from."""
-    return f"{name} ({method_name}, layer {layer})"
-
-
 def _send(name: str, vector: Any, coeff: float) -> None:
-    """Keep ``vector`` and open it on the steer page in norm units at ``coeff`` (every send uses
-    the same unit: a multiple of the layer's mean residual norm)."""
-    label = _kept_label(name)
-    state.keep_vector(label, vector)
-    st.session_state[state.SEND_TO_STEER] = label
-    st.session_state[state.SENT_PRESET] = {
-        "label": label,
-        "layer": layer,
-        "units": "norm",
-        "coeff": coeff,
-    }
-    st.session_state["steer_vec_src"] = "Kept or discovered"
-    st.session_state["steer_vec_kept"] = label
-    st.session_state["steer_layer"] = str(layer)
-    st.session_state["steer_units"] = "norm"
-    st.session_state["steer_coeff_norm"] = round(float(coeff), 2)
-    st.switch_page("views/3_steer.py")
+    candidates.send(name, vector, coeff, method=method_name, layer=layer)
 
 
 def _discovered() -> Discovery | None:
@@ -565,102 +541,7 @@ if st.button("Rank candidates", key="dec_rank"):
         st.session_state[CANDIDATES] = ranked["found"]
 found = _discovered()
 if found is not None:
-    budget_used = found.settings.damage_budget
-    st.caption(
-        f"Site: {found.to_json()['layer_convention']}. Damage budget x{budget_used:g}; "
-        f"coefficients are multiples of the layer's mean residual norm ({found.mean_norm:.3g})."
-    )
-    defs = DEFINITIONS
-
-    def _col(title: str, key: str, fmt: str | None = None) -> Any:
-        if fmt is None:
-            return st.column_config.TextColumn(title, help=defs.get(key, ""))
-        return st.column_config.NumberColumn(title, help=defs.get(key, ""), format=fmt)
-
-    st.dataframe(
-        [
-            {
-                "name": c.name,
-                "warning": "; ".join(found.flags(c)),
-                "label": c.label,
-                "suggested_coeff": c.suggested_coeff,
-                "ppl_ratio": c.ppl_ratio,
-                "effect": c.effect,
-                "effect_vs_random": c.effect_vs_random,
-                "between_doc_share": c.between_doc_share,
-                "score": c.score,
-                "inert": c.inert,
-                "contrastive_words": ", ".join(c.contrastive_words),
-                "completion": c.completions[0] if c.completions else "",
-            }
-            for c in found.candidates
-        ],
-        hide_index=True,
-        key="dec_table",
-        column_config={
-            "name": st.column_config.TextColumn(
-                "name", help="c<component><pos|neg>: the one name of this candidate everywhere"
-            ),
-            "warning": st.column_config.TextColumn("warning", help=defs["flags"]),
-            "label": _col("label", "label"),
-            "suggested_coeff": _col("coeff (x resid norm)", "suggested_coeff", "%.3f"),
-            "ppl_ratio": _col("perplexity ratio", "ppl_ratio", "x%.2f"),
-            "effect": _col("effect (KL, nats)", "effect", "%.3f"),
-            "effect_vs_random": _col("effect / random", "effect_vs_random", "%.2f"),
-            "between_doc_share": _col("between-doc share", "between_doc_share", "%.2f"),
-            "score": _col("score", "score", "%.3g"),
-            "inert": st.column_config.CheckboxColumn("inert", help=defs["inert"]),
-            "contrastive_words": _col("contrastive words", "contrastive_words"),
-            "completion": st.column_config.TextColumn(
-                "a steered completion", help="the first sampled completion at suggested_coeff"
-            ),
-        },
-    )
-    names = [
-        ("⚠ " if found.flags(c) and over_budget(c, budget_used) else "")
-        + c.label
-        + (" (inert)" if c.inert else "")
-        for c in found.candidates
-    ]
-    pick = st.selectbox(
-        "Candidate",
-        range(len(names)),
-        format_func=lambda i: names[i],
-        key="dec_pick",
-        help="⚠: over the damage budget",
-    )
-    cand = found.candidates[pick]
-    flags = found.flags(cand)
-    over = over_budget(cand, budget_used)
-    for flag in flags:
-        (st.error if flag.startswith("over the damage budget") else st.warning)(
-            f"{cand.name}: {flag}", icon=":material/warning:"
-        )
-    anyway = False
-    if over and cand.suggested_coeff is not None:
-        anyway = st.checkbox(
-            f"Send {cand.name} anyway, knowing its text will likely break",
-            value=False,
-            key=f"dec_send_anyway_{cand.name}",
-        )
-    reason = blocked(
-        [
-            None
-            if cand.suggested_coeff is not None
-            else "no coefficient kept this candidate within the damage budget",
-            None if not over or anyway else "tick “send anyway” to steer with it",
-        ]
-    )
-    if st.button(
-        f"Send {cand.name} to steering",
-        type="primary",
-        key="dec_send",
-        disabled=reason is not None,
-        help="opens the Steer page with this candidate at its suggested coefficient, in norm units",
-    ):
-        assert cand.suggested_coeff is not None
-        _send(cand.name, cand.vector, cand.suggested_coeff)
-    why_disabled(reason)
+    candidates.show(found, key="dec")
 
 history.show(RUNS_FIT)
 history.show(RUNS_RANK)

@@ -31,6 +31,7 @@ MAIN = Path(__file__).resolve().parents[2] / "app" / "main.py"
 PAGES = {
     "data": "views/1_model_and_data.py",
     "decompose": "views/2_decompose.py",
+    "learn": "views/2_learn_vectors.py",
     "steer": "views/3_steer.py",
     "overshoot": "views/4_overshoot.py",
     "compose": "views/5_compose.py",
@@ -83,7 +84,7 @@ def _boxes(at: AppTest, kind: str) -> list[str]:
 
 def test_every_page_renders_its_controls(at: AppTest) -> None:
     assert at.title[0].value == "Steering workbench"  # the landing page: the five steps
-    assert len(at.get("page_link")) == 5
+    assert len(at.get("page_link")) == 6
     _open(at, "data")
     assert at.selectbox(key="model_pick").value == at.session_state["model_name"]
     assert at.button(key="data_capture").label == "Capture"
@@ -91,6 +92,9 @@ def test_every_page_renders_its_controls(at: AppTest) -> None:
     assert at.checkbox(key="data_overwrite").value is False  # never replace a store by default
     _open(at, "decompose")
     assert any("No activation store yet" in str(i.value) for i in at.info)
+    _open(at, "learn")
+    assert at.selectbox(key="learn_method").value == "melbo"
+    assert at.text_input(key="learn_target").value == "3"  # source 2 of 4 layers, then 3
     _open(at, "steer")
     assert at.text_input(key="steer_prompt").value == "I hate you because"
     assert at.slider(key="steer_coeff_raw").value == 5.0
@@ -415,3 +419,33 @@ def test_session_values_round_trip_without_pickle(tiny_model: Model, tmp_path: P
     assert entry.coeff == 5.0 and entry.layers == [1] and entry.vector.method == "prompt_pair"
     with pytest.raises(_Skip):
         _encode({"f": object()}, tmp_path)
+
+
+def test_learn_vectors_without_labels_and_send_one_to_steering(at: AppTest) -> None:
+    """The learned-vectors page runs `discover --method melbo`'s library call: candidates, the
+    displacement against random directions with its interval, and a send at the calibrated
+    coefficient; a source layer after the target disables the button with the reason."""
+    _open(at, "learn")
+    at.text_input(key="learn_source").set_value("3").run()
+    at.text_input(key="learn_target").set_value("2").run()
+    assert "must come before" in _disabled_because(at, "learn_run")
+    at.text_input(key="learn_source").set_value("1").run()
+    at.text_input(key="learn_target").set_value("3").run()
+    at.number_input(key="learn_k").set_value(2)
+    at.number_input(key="learn_iterations_melbo").set_value(3)
+    at.button(key="learn_run").click().run()
+    _ok(at)
+    found = at.session_state["learn_found"]
+    assert found.method == "melbo" and len(found.candidates) == 4 and found.layer == 1
+    moved = found.extra["learned"]["displacement_vs_random"]
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Moves the target layer (x random)"] == f"{moved['ratio']:.3g}x"
+    lo, hi = moved["ratio_ci"]
+    assert shown["95% interval over prompts"] == f"{lo:.3g}-{hi:.3g}x"
+    assert "between_doc_share" not in at.dataframe[0].value.columns  # no store statistics
+    sendable = next(c for c in found.candidates if c.suggested_coeff is not None)
+    at.selectbox(key="learn_pick").set_value(found.candidates.index(sendable)).run()
+    at.button(key="learn_send").click().run()
+    sent = at.session_state["send_to_steer"]
+    assert sent == f"{sendable.name} (melbo, layer 1)"
+    assert at.session_state["steer_coeff_norm"] == round(sendable.suggested_coeff, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,11 @@ import pytest
 import torch
 
 from workbench.cli import main
-from workbench.decompose.discover import discover_learned
 from workbench.decompose.jacobian import train_jacobian
+from workbench.decompose.learned import displacement_vs_random, initial_directions
 from workbench.decompose.melbo import train_melbo
 from workbench.decompose.trials import TrialSettings
+from workbench.decompose.unsupervised import discover_learned
 from workbench.errors import WorkbenchError
 from workbench.model.load import Model, load_model
 from workbench.testing import make_tiny_model
@@ -58,6 +60,22 @@ def test_jacobian_recovers_the_planted_trigger(planted: tuple[Model, torch.Tenso
     found = train_jacobian(model, k=2, iterations=8, **FAST)
     assert abs(float(found.directions[0] @ u)) > 0.9
     assert found.objective[0] > found.objective[1]
+
+
+def test_displacement_against_random_has_an_interval_above_one(
+    planted: tuple[Model, torch.Tensor],
+) -> None:
+    """The planted trigger moves layer 3 far more than random directions of the same norm; an
+    untrained random direction, reported the same way, does not."""
+    model, _ = planted
+    found = train_melbo(model, k=1, iterations=30, **FAST)
+    moved = displacement_vs_random(model, found)
+    lo, hi = moved["ratio_ci"]
+    assert 3 < lo <= moved["ratio"] <= hi
+    assert moved["n_random"] == 16 and moved["n_prompts"] == 6
+    untrained = dataclasses.replace(found, directions=initial_directions(1, model.d_model, 99))
+    lo, hi = displacement_vs_random(model, untrained)["ratio_ci"]
+    assert lo < 1.5 and hi > 0.5
 
 
 def test_batched_equals_one_at_a_time(planted: tuple[Model, torch.Tensor]) -> None:
@@ -121,6 +139,8 @@ def test_discover_learned_saves_candidates_with_their_recipe(
     assert torch.allclose(vec.directions[SOURCE], learned.directions[0], atol=1e-6)
     saved = json.loads((tmp_path / "discover.json").read_text())
     assert saved["learned"]["method"] == "melbo"
+    moved = saved["learned"]["displacement_vs_random"]
+    assert len(moved["per_vector"]) == 2 and moved["ratio_ci"][0] <= moved["ratio_ci"][1]
 
 
 @pytest.mark.parametrize(

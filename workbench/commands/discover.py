@@ -25,7 +25,10 @@ from workbench.decompose.concepts import Concepts, concept_report, load_concepts
 from workbench.decompose.discover import RANKINGS, discover
 from workbench.decompose.fit import fit_from_store, make_dictionary
 from workbench.decompose.hygiene import Hygiene
+from workbench.decompose.learned import MEASURES
 from workbench.decompose.trials import TrialSettings
+from workbench.decompose.unsupervised import DEFAULT_MEASURE, DEFAULT_RADIUS
+from workbench.decompose.unsupervised import METHODS as LEARNED_METHODS
 from workbench.errors import check
 from workbench.model.hooks import SITE_KINDS
 from workbench.model.load import DEFAULT_MODEL, Model
@@ -105,9 +108,17 @@ def _add_learned_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--radius",
         type=float,
-        default=1.0,
+        default=DEFAULT_RADIUS,
         help="R: the vectors' norm while training, in units of --layer's mean residual norm "
-        "(default 1)",
+        f"(default {DEFAULT_RADIUS:g}, from the measured sweep in the README)",
+    )
+    group.add_argument(
+        "--measure",
+        choices=MEASURES,
+        default=DEFAULT_MEASURE,
+        help="how the target layer's displacement is measured: raw (MELBO's norm of the change) "
+        "or direction (the change of each position's direction, which one exploding position "
+        f"cannot dominate); default {DEFAULT_MEASURE}",
     )
     group.add_argument(
         "--iterations",
@@ -283,53 +294,32 @@ def run_learned_discovery(
     method: str,
     source: int,
     out: str | Path,
-    target: int | None = None,
-    k: int = 8,
-    radius: float = 1.0,
-    iterations: int | None = None,
-    prompts: str | None = None,
-    seed: int = 0,
     settings: TrialSettings | None = None,
     rank_by: str | None = None,
     overwrite: bool = False,
+    **learn_args: Any,
 ) -> Discovery:
-    """``discover --method melbo|jacobian``: learn ``k`` directions, then calibrate, rank and
-    label them as :func:`run_discovery` does; ``out`` gets ``candidates/`` and
-    ``discover.json``, atomically."""
-    from workbench.decompose.discover import discover_learned
-    from workbench.decompose.jacobian import train_jacobian
-    from workbench.decompose.melbo import check_setup, resolve_prompts, train_melbo
+    """``discover --method melbo|jacobian``: :func:`~workbench.decompose.unsupervised.learn`
+    ``k`` directions, then calibrate, rank and label them as :func:`run_discovery` does; ``out``
+    gets ``candidates/`` and ``discover.json``, atomically."""
+    from workbench.decompose.learned import check_measure, check_setup, resolve_prompts
+    from workbench.decompose.unsupervised import default_target, discover_learned, learn
 
     check(method in LEARNED_METHODS, f"unknown learned method {method!r}: use melbo or jacobian")
+    target = learn_args.pop("target", None)
     target = default_target(model, source) if target is None else target
-    check_setup(model, source, target, k, radius)
-    resolve_prompts(prompts)  # an empty or unknown prompt set fails before the claim
+    check_setup(
+        model, source, target, learn_args.get("k", 8), learn_args.get("radius", DEFAULT_RADIUS)
+    )
+    check_measure(learn_args.get("measure", DEFAULT_MEASURE))
+    resolve_prompts(learn_args.get("prompts"))  # an empty or unknown set fails before the claim
     with claim_output(out, kind=KIND, overwrite=overwrite) as claim:
-        common: dict[str, Any] = {
-            "source": source,
-            "target": target,
-            "k": k,
-            "radius": radius,
-            "prompts": prompts,
-            "seed": seed,
-        }
-        if iterations is not None:
-            common["iterations"] = iterations
-        learned = (
-            train_melbo(model, **common) if method == "melbo" else train_jacobian(model, **common)
-        )
+        with progress.reporting():  # training that lasts over a few seconds says so on stderr
+            learned = learn(model, method, source=source, target=target, **learn_args)
         with claim.staged() as tmp:
             result = discover_learned(model, learned, settings=settings, rank_by=rank_by)
             result.save(tmp, record_as=Path(out))
     return result
-
-
-LEARNED_METHODS = ("melbo", "jacobian")
-
-
-def default_target(model: Model, source: int) -> int:
-    """Halfway from ``source`` to the last layer (at least one layer on)."""
-    return min(model.n_layers - 1, source + max(1, (model.n_layers - 1 - source) // 2))
 
 
 def _run_learned(args: argparse.Namespace, settings: TrialSettings) -> dict[str, Any]:
@@ -346,7 +336,7 @@ def _run_learned(args: argparse.Namespace, settings: TrialSettings) -> dict[str,
         args.target_layer is None or args.layer < args.target_layer,
         f"source layer {args.layer} must come before target layer {args.target_layer}",
     )
-    from workbench.decompose.melbo import resolve_prompts
+    from workbench.decompose.learned import resolve_prompts
 
     resolve_prompts(args.prompts)
     check_out(Path(args.out), None)
@@ -361,6 +351,7 @@ def _run_learned(args: argparse.Namespace, settings: TrialSettings) -> dict[str,
         iterations=args.iterations,
         prompts=args.prompts,
         seed=args.seed,
+        measure=args.measure,
         settings=settings,
         rank_by=args.rank_by,
         overwrite=args.overwrite,
@@ -464,6 +455,7 @@ def render(result: dict[str, Any]) -> str:
         f"calibrated to a held-out perplexity ratio of {result['settings']['damage_budget']:g}; "
         f"random controls' median effect {_g(ctrl.get('median_effect'))} nats",
         f"ranked by {result['rank_by']}; unsteered: {result['unsteered_completions'][0]!r}",
+        *_learned_lines(result.get("learned")),
         f"{'rank':>4}  {'coeff':>6}  {'ppl':>5}  {'effect':>6}  {'xrand':>5}  {'betw':>5}  label",
     ]
     for rank, c in enumerate(result["candidates"], 1):
@@ -485,6 +477,24 @@ def render(result: dict[str, Any]) -> str:
             f"{row['cosine']:+.3f}"
         )
     return "\n".join(lines)
+
+
+def _learned_lines(learned: dict[str, Any] | None) -> list[str]:
+    """How learned vectors were found, and how far they move the target layer."""
+    if not learned:
+        return []
+    moved = learned["displacement_vs_random"]
+    lo, hi = moved["ratio_ci"]
+    return [
+        f"{learned['method']} at resid_pre {learned['source_layer']} -> resid_pre "
+        f"{learned['target_layer']}, R = {learned['radius']:g} x the source layer's mean "
+        f"residual norm, {learned['n_prompts']} prompts, {learned['seconds']:.0f} s",
+        f"they move layer {learned['target_layer']} {moved['ratio']:.3g}x as much as "
+        f"{moved['n_random']} random directions of the same norm (95% interval over prompts "
+        f"{lo:.3g}-{hi:.3g}x; per vector "
+        + ", ".join(f"{x:.3g}" for x in moved["per_vector"])
+        + ")",
+    ]
 
 
 def _g(x: float | None) -> str:

@@ -54,13 +54,11 @@ from workbench.decompose.component_stats import (
 )
 from workbench.decompose.inspect import check_store, component_codes, logit_lens
 from workbench.decompose.labels import candidate_label, contrastive_words
-from workbench.decompose.melbo import Learned
 from workbench.decompose.trials import Calibration, Trials, TrialSettings, row_steering
 from workbench.errors import check
 from workbench.io import write_json
 from workbench.model.hooks import Site, backend_for
 from workbench.model.load import Model
-from workbench.vectors.assemble import assemble
 from workbench.vectors.dictionary import from_component
 from workbench.vectors.probe import auroc
 from workbench.vectors.vector import SteeringVector
@@ -299,7 +297,7 @@ def _control_units(shape: torch.Size, n: int, seed: int) -> torch.Tensor:
     return (r / r.flatten(1).norm(dim=1).view(-1, *([1] * len(shape)))).float()
 
 
-def _measure(
+def measure_units(
     model: Model, site: Site, units: torch.Tensor, norm: float, s: TrialSettings
 ) -> _Measured:
     """Calibrate candidates and controls together, then measure effects and completions."""
@@ -355,7 +353,7 @@ def _checked_layer(
     return layer
 
 
-def _candidate(
+def build_candidate(
     c: int,
     index: int,
     sign: int,
@@ -459,9 +457,9 @@ def discover(
     vectors = [from_component(dictionary, i, sg, model=model) for i, sg in signs]
     units = torch.stack([v.directions[layer] for v in vectors])  # (C, *feat)
     norm = vectors[0].layer_norms[layer]
-    m = _measure(model, site, units, norm, s)
+    m = measure_units(model, site, units, norm, s)
     candidates = [
-        _candidate(
+        build_candidate(
             c,
             i,
             sg,
@@ -490,76 +488,4 @@ def discover(
         mean_norm=norm,
         controls=m.controls,
         hygiene=dictionary.fit_stats_.get("input"),
-    )
-
-
-LEARNED_RANKINGS = ("combined", "effect")
-
-
-def discover_learned(
-    model: Model,
-    learned: Learned,
-    *,
-    settings: TrialSettings | None = None,
-    rank_by: str | None = None,
-) -> Discovery:
-    """Candidates from directions learned on the model (MELBO, Jacobian), both signs of each.
-
-    Calibration, effects, controls, labels and saving are those of :func:`discover`. There is no
-    store, so no store-side statistics (variance and between-document shares, documents):
-    ``combined`` ranking is ``effect_vs_random`` alone, and the store-based rankings are refused.
-    The vectors' recipes say how they were learned (method, layers, R, prompts, seed).
-    """
-    s = settings or TrialSettings()
-    rank_by = rank_by or "combined"
-    check(
-        rank_by in LEARNED_RANKINGS,
-        f"--rank-by {rank_by} needs store statistics that {learned.method} vectors lack: use "
-        f"one of {', '.join(LEARNED_RANKINGS)}",
-    )
-    layer = learned.source
-    site = Site("resid_pre", layer).check(model)
-    k = learned.directions.shape[0]
-    signs = [(i, sg) for i in range(k) for sg in (1, -1)]
-    vectors = [
-        assemble(
-            model,
-            {layer: sg * learned.directions[i]},
-            site=site.kind,
-            method=learned.method,
-            recipe={**learned.recipe, "index": i, "sign": sg},
-            info={"index": i, "sign": sg, "objective": learned.objective[i]},
-        )
-        for i, sg in signs
-    ]
-    units = torch.stack([v.directions[layer] for v in vectors])  # (2k, d_model)
-    norm = vectors[0].layer_norms[layer]
-    m = _measure(model, site, units, norm, s)
-    candidates = [
-        _candidate(c, i, sg, vectors[c], model, site, m, None, s, rank_by, None)
-        for c, (i, sg) in enumerate(signs)
-    ]
-    candidates.sort(key=lambda cd: (cd.inert, -cd.score, cd.index, -cd.sign))
-    recipe = {key: v for key, v in learned.recipe.items() if key != "prompt_texts"}
-    return Discovery(
-        model=model.name,
-        layer=layer,
-        site=site.kind,
-        method=learned.method,
-        k=k,
-        candidates=candidates,
-        settings=s,
-        rank_by=rank_by,
-        unsteered_completions=m.unsteered,
-        mean_norm=norm,
-        controls=m.controls,
-        hygiene=None,
-        extra={
-            "learned": {
-                **recipe,
-                "objective": learned.objective,
-                "seconds": learned.seconds,
-                "n_prompts": len(learned.recipe.get("prompt_texts", [])),
-            }
-        },
     )

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
+from dictionaries import progress
 from workbench.activations.collect import mean_residual_norms
-from workbench.decompose.melbo import (
+from workbench.decompose.learned import (
     Displacement,
     Learned,
     check_setup,
@@ -51,6 +52,7 @@ def train_jacobian(
     prompts: str | Sequence[str] | None = None,
     n_prompts: int | None = 12,
     seed: int = 0,
+    measure: str = "raw",
 ) -> Learned:
     """Top-``k`` right singular vectors of the source-to-target Jacobian (block power iteration).
 
@@ -64,10 +66,16 @@ def train_jacobian(
     v = initial_directions(k, model.d_model, seed).to(model.device)
     began = time.perf_counter()
     # Eager attention: the fused kernels have no double backward.
-    with frozen(model), eager_attention(model):
-        disp = Displacement(model, texts, source, target, 2.0)
+    what = f"jacobian: {k} directions, layer {source} -> {target}"
+    with (
+        frozen(model),
+        eager_attention(model),
+        progress.task(what, total=iterations, unit="power iterations"),
+    ):
+        disp = Displacement(model, texts, source, target, 2.0, measure)
         v = orthonormal(v)
-        for _ in range(iterations):
+        for step in range(iterations):
+            progress.advance(step)
             v = orthonormal(_gauss_newton(disp, v))  # (k, d)
         # Rayleigh quotients order the directions (QR keeps power iteration's order only
         # approximately once eigenvalues are close).
@@ -91,9 +99,11 @@ def train_jacobian(
             "radius_units": "mean residual norm of the source layer (objective only)",
             "k": k,
             "iterations": iterations,
+            "measure": measure,
             "seed": seed,
             "prompts": prompts if isinstance(prompts, str) or prompts is None else "custom",
             "prompt_texts": texts,
         },
         seconds=time.perf_counter() - began,
+        measure=measure,
     )

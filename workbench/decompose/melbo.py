@@ -29,184 +29,24 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 
+from dictionaries import progress
 from workbench.activations.collect import mean_residual_norms
-from workbench.corpora import load_corpus
-from workbench.errors import check
-from workbench.model.hooks import Site, StopForward, hooks_applied, recording
-from workbench.model.load import Model
-
-# The default prompts: varied instructions (behaviours show up in answers to requests).
-INSTRUCTIONS = (
-    "Write a short poem about the sea.",
-    "Explain how a bicycle works to a ten-year-old.",
-    "Give me three tips for sleeping better.",
-    "Summarise the plot of Romeo and Juliet in two sentences.",
-    "How do I make a cup of tea?",
-    'Translate "good morning" into French and Spanish.',
-    "What is the capital of Australia?",
-    "Write a polite email asking my manager for a day off.",
-    "Tell me a joke about computers.",
-    "How can I learn to play the guitar quickly?",
-    "What are the pros and cons of working from home?",
-    "Explain photosynthesis in simple terms.",
-    "How should I prepare for a job interview?",
-    "Write a short story that begins with a knock at the door.",
-    "Why is the sky blue?",
-    "How do I change a flat tyre?",
-    "What happened during the French Revolution?",
-    "Plan a one-day trip to the mountains.",
-    "How can I save money on groceries?",
-    "What should I do if I feel stressed at work?",
+from workbench.decompose.learned import (
+    Displacement,
+    Learned,
+    check_setup,
+    frozen,
+    initial_directions,
+    orthonormal,
+    resolve_prompts,
 )
-DEFAULT_PROMPTS = "instructions"  # the name of INSTRUCTIONS in recipes and --prompts
-
-
-@dataclass
-class Learned:
-    """Directions found by MELBO or the Jacobian, and how they were found.
-
-    ``directions`` ``(k, d_model)`` are unit rows in the model's residual space at ``resid_pre``
-    of ``source``; ``objective[j]`` is direction ``j``'s displacement of layer ``target`` at
-    radius ``radius`` (mean over prompts and positions of ``||delta h_t||^p``).
-    """
-
-    method: str
-    directions: torch.Tensor  # (k, d_model)
-    objective: list[float]
-    source: int
-    target: int
-    radius: float
-    mean_norm: float
-    recipe: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-def resolve_prompts(prompts: str | Sequence[str] | None, limit: int | None = None) -> list[str]:
-    """The prompt texts: ``None`` or ``"instructions"`` gives :data:`INSTRUCTIONS`, anything else
-    goes to :func:`~workbench.corpora.load_corpus`. An empty set is an error."""
-    if prompts is None or prompts == DEFAULT_PROMPTS:
-        texts = list(INSTRUCTIONS)
-    else:
-        texts = load_corpus(prompts)
-    texts = [t for t in texts if t.strip()][:limit]
-    check(len(texts) > 0, "the prompt set is empty: give --prompts with at least one prompt")
-    return texts
-
-
-def check_setup(model: Model, source: int, target: int, k: int, radius: float) -> None:
-    """One-line errors for settings that cannot work (before anything runs)."""
-    model.check_layer(source, "source layer")
-    model.check_layer(target, "target layer")
-    check(
-        source < target,
-        f"source layer {source} must come before target layer {target}: the vectors are added "
-        "at the source and measured at the target",
-    )
-    check(radius > 0, f"radius R must be positive (got {radius:g})")
-    check(
-        0 < k <= model.d_model,
-        f"k={k} orthogonal vectors do not fit in d_model={model.d_model}: use 1 <= k <= "
-        f"{model.d_model}",
-    )
-
-
-@contextlib.contextmanager
-def frozen(model: Model) -> Iterator[None]:
-    """Weights without gradients inside the block (only the vectors train); flags restored."""
-    check(model.hf is not None, f"{model.name} has no transformers model: MELBO needs it")
-    params = list(model.hf.parameters())  # type: ignore[union-attr]
-    before = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        with torch.inference_mode(False), torch.enable_grad():
-            yield
-    finally:
-        for p, flag in zip(params, before, strict=True):
-            p.requires_grad_(flag)
-
-
-class Displacement:
-    """``h_t`` for a batch of prompts with a per-row vector added at ``resid_pre`` of ``s``.
-
-    ``rows(v)`` with ``v`` ``(n, d_model)`` runs ``n x P`` rows (vector-major: row ``j * P + i``
-    is vector ``j`` on prompt ``i``) and returns each vector's displacement objective ``(n,)``,
-    differentiable in ``v``.
-    """
-
-    def __init__(
-        self, model: Model, prompts: list[str], source: int, target: int, p: float = 2.0
-    ) -> None:
-        check(model.hf is not None, f"{model.name} has no transformers model: MELBO needs it")
-        self.model, self.source, self.target, self.p = model, source, target, p
-        ids, mask, _ = model.encode(prompts, max_tokens=48)
-        self.ids, self.mask = ids.to(model.device), mask.to(model.device)  # (P, pos)
-        # The objective leaves out BOS (the vector is still added there): its residual norm is
-        # ~100x the others' in real models, and it would make the objective "move BOS" (on
-        # SmolLM2-135M, 6 -> 18, it carried over 99% of it). Each prompt keeps >= 1 token.
-        self.counted = self.mask.clone()  # (P, pos)
-        if model.bos_token_id is not None:
-            self.counted[:, 0] = 0
-        with torch.no_grad():
-            self.base = self.h_t(self.ids, self.mask, None)  # (P, pos, d_model)
-
-    def h_t(self, ids: torch.Tensor, mask: torch.Tensor, add: torch.Tensor | None) -> torch.Tensor:
-        """``resid_pre`` of the target layer, the pass stopped there; ``add`` ``(rows, d)``."""
-        hooks = []
-        if add is not None:
-            shift = add.to(self.model.dtype)[:, None, :]  # (rows, 1, d_model)
-            hooks.append((Site("resid_pre", self.source), lambda x: x + shift))
-        target = Site("resid_pre", self.target)
-        hf: Any = self.model.hf
-        with (
-            hooks_applied(self.model, hooks, backend="hf"),
-            recording(self.model, [target], backend="hf", detach=False, stop=True) as seen,
-            contextlib.suppress(StopForward),
-        ):
-            hf(input_ids=ids, attention_mask=mask, use_cache=False)
-        return seen[target].float()
-
-    def rows(self, v: torch.Tensor) -> torch.Tensor:
-        n, n_prompts = v.shape[0], self.ids.shape[0]
-        ids = self.ids.repeat(n, 1)  # (n * P, pos)
-        mask = self.mask.repeat(n, 1)
-        add = v.repeat_interleave(n_prompts, dim=0)  # (n * P, d_model)
-        delta = self.h_t(ids, mask, add) - self.base.repeat(n, 1, 1)  # (n * P, pos, d_model)
-        # Squared norm first: the norm's own gradient is NaN at zero displacement.
-        counted = self.counted.repeat(n, 1)  # (n * P, pos)
-        per_pos = (delta * delta).sum(dim=-1) ** (self.p / 2) * counted  # (n * P, pos)
-        per_vec = per_pos.view(n, n_prompts, -1).sum(dim=(1, 2))  # (n,)
-        return per_vec / self.counted.sum()
-
-
-def orthonormal(v: torch.Tensor, fixed: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows of ``v`` ``(n, d)`` made orthonormal in order (QR), and orthogonal to the orthonormal
-    rows of ``fixed`` first; each row keeps the sign of its part along the previous row."""
-    if fixed is not None and fixed.shape[0]:
-        v = v - (v @ fixed.T) @ fixed  # (n, d)
-    q, r = torch.linalg.qr(v.T.double())  # q (d, n), r (n, n)
-    sign = torch.sign(torch.diagonal(r))
-    sign[sign == 0] = 1
-    return (q * sign).T.to(v.dtype)  # (n, d)
-
-
-def initial_directions(k: int, d_model: int, seed: int) -> torch.Tensor:
-    """``(k, d_model)`` random unit rows; row ``j`` depends only on ``(seed, j)``, so a vector
-    starts the same whether it trains in a batch or alone."""
-    rows = [
-        torch.randn(d_model, generator=torch.Generator().manual_seed(seed * 100_003 + j))
-        for j in range(k)
-    ]
-    v = torch.stack(rows)  # (k, d_model)
-    return v / v.norm(dim=1, keepdim=True)
+from workbench.errors import check
+from workbench.model.load import Model
 
 
 def _train(
@@ -222,7 +62,8 @@ def _train(
     norm ``scale``, projecting back to orthonormal (or just unit) rows after each step."""
     unit = (orthonormal(start, fixed) if orthogonal else start).clone().requires_grad_(True)
     opt = torch.optim.Adam([unit], lr=lr)
-    for _ in range(iterations):
+    for step in range(iterations):
+        progress.advance(step)
         opt.zero_grad()
         # Summed, not averaged, so each vector's gradient does not depend on how many share
         # the batch.
@@ -264,6 +105,7 @@ def train_melbo(
     seed: int = 0,
     batched: bool = True,
     orthogonal: bool = True,
+    measure: str = "raw",
     on_step: Callable[[int], None] | None = None,
 ) -> Learned:
     """Learn ``k`` orthogonal steering vectors at ``resid_pre`` of ``source`` (see module doc).
@@ -278,8 +120,9 @@ def train_melbo(
     scale = radius * mean_norm
     start = initial_directions(k, model.d_model, seed).to(model.device)
     began = time.perf_counter()
-    with frozen(model):
-        disp = Displacement(model, texts, source, target, p)
+    what = f"melbo: {k} vectors, layer {source} -> {target}"
+    with frozen(model), progress.task(what, total=iterations, unit="steps"):
+        disp = Displacement(model, texts, source, target, p, measure)
         if batched:
             found = _train(disp, start, None, scale, iterations, lr, orthogonal)
         else:
@@ -312,10 +155,13 @@ def train_melbo(
             "iterations": iterations,
             "lr": lr,
             "p": p,
+            "measure": measure,
             "seed": seed,
             "batched": batched,
             "prompts": prompts if isinstance(prompts, str) or prompts is None else "custom",
             "prompt_texts": texts,
         },
         seconds=time.perf_counter() - began,
+        p=p,
+        measure=measure,
     )
