@@ -39,7 +39,7 @@ from workbench.corpora import load_corpus
 from workbench.decompose.discover import Discovery, discover
 from workbench.decompose.fit import fit_from_store, make_dictionary
 from workbench.decompose.trials import Trials, TrialSettings, row_steering
-from workbench.model.hooks import Site, backend_for
+from workbench.model.hooks import Site, default_backend
 from workbench.model.load import DEFAULT_MODEL, Model, load_model
 from workbench.testing import make_tiny_model, planted_store
 from workbench.vectors.dictionary import from_component
@@ -58,7 +58,7 @@ def _one_at_a_time(
 ) -> tuple[float, Measured]:
     """Seconds per candidate when each candidate's trials run on their own, and what they gave."""
     site = Site(store.site, layer)
-    backend = backend_for(model, [site])
+    backend = default_backend(model)
     prompts = load_corpus(s.prompts, limit=s.n_prompts)
     held_out = load_corpus(s.damage_texts)[-s.n_damage :]
     signed = [(i // 2, 1 - 2 * (i % 2)) for i in range(n)]

@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--n-prompts", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda[:N], mps or auto")
     parser.add_argument("--smoke", action="store_true", help="tiny random model, seconds")
     args = parser.parse_args()
     if args.smoke:
@@ -82,7 +83,7 @@ def main() -> None:
             model = load_model(str(make_tiny_model(Path(tmp) / "tiny")))
             result = bench(model, 1, 3, 3, 3, 4)
     else:
-        model = load_model(args.model)
+        model = load_model(args.model, device=args.device)
         result = bench(model, args.source, args.target, args.k, args.iterations, args.n_prompts)
     print(json.dumps(result, indent=2))
 

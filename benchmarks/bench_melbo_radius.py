@@ -11,8 +11,10 @@ same seed, prompts and iterations, then report:
    controls, contrastive words of the steered completions; a vector "changes completions within
    the budget" when one of its signs has a coefficient within the budget, is not inert (beats
    the random controls' median effect) and has at least one contrastive word;
-4. the rule's choice: the R where most vectors change completions within the budget, ties to
-   the larger lower bound of the displacement interval.
+4. the rule's choice (the default ``DEFAULT_RADIUS``): the largest R at which every trained
+   vector, steered at R itself, keeps the damage budget.
+
+Results on SmolLM2-135M: ``benchmarks/results/melbo_radius_smollm2.json`` and the README.
 
 Usage: ``python benchmarks/bench_melbo_radius.py [--radii 0.125,0.25,0.5,1,2] [--source 6]
 [--k 4] [--iterations 30] [--json out.json]``; ``--smoke`` runs the same code on a tiny random
@@ -31,11 +33,11 @@ from typing import Any
 import torch
 
 from workbench.corpora import load_corpus
-from workbench.decompose.learned import MEASURES, displacement_vs_random
+from workbench.decompose.learned import DEFAULT_MEASURE, MEASURES, displacement_vs_random
 from workbench.decompose.melbo import train_melbo
 from workbench.decompose.trials import Trials, TrialSettings, row_steering
 from workbench.decompose.unsupervised import default_target, discover_learned
-from workbench.model.hooks import Site, backend_for
+from workbench.model.hooks import Site, default_backend
 from workbench.model.load import DEFAULT_MODEL, Model, load_model
 from workbench.steer.forward import encode_inputs
 from workbench.testing import make_tiny_model
@@ -103,7 +105,7 @@ def _ppl_ratios(
     general = load_corpus(s.damage_texts)
     held_out = general[-s.n_damage :] if len(general) > s.n_damage else general
     site = Site("resid_pre", layer)
-    backend = backend_for(model, [site])
+    backend = default_backend(model)
     ids, mask = encode_inputs(model, held_out, max_tokens=s.damage_max_tokens)
     with row_steering(model, site, backend) as state:
         trials = Trials(model, state, s, backend)
@@ -113,21 +115,22 @@ def _ppl_ratios(
 
 
 def choose(rows: list[dict[str, Any]]) -> float:
-    """The R where most vectors change completions within budget; ties: larger lower bound."""
-    best = max(rows, key=lambda r: (r["changed_within_budget"], r["displacement_ci"][0]))
-    return float(best["radius"])
+    """The largest R at which every trained vector, steered at R, keeps the damage budget (above
+    it MELBO finds directions that break the text); the smallest R tried if none does."""
+    kept = [r["radius"] for r in rows if r["within_budget_at_R"] == r["k"]]
+    return float(max(kept) if kept else min(r["radius"] for r in rows))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--radii", default="0.125,0.25,0.5,1,2")
+    parser.add_argument("--radii", default="0.015625,0.03125,0.0625,0.125,0.25,0.5,1,2")
     parser.add_argument("--source", type=int, default=6)
     parser.add_argument("--target", type=int, default=None)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--n-prompts", type=int, default=12)
-    parser.add_argument("--measure", default="raw", choices=MEASURES)
+    parser.add_argument("--measure", default=DEFAULT_MEASURE, choices=MEASURES)
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--smoke", action="store_true", help="tiny random model, seconds")
     args = parser.parse_args()

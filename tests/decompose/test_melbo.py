@@ -12,7 +12,12 @@ import torch
 
 from workbench.cli import main
 from workbench.decompose.jacobian import train_jacobian
-from workbench.decompose.learned import displacement_vs_random, initial_directions
+from workbench.decompose.learned import (
+    DEFAULT_MEASURE,
+    DEFAULT_RADIUS,
+    displacement_vs_random,
+    initial_directions,
+)
 from workbench.decompose.melbo import train_melbo
 from workbench.decompose.trials import TrialSettings
 from workbench.decompose.unsupervised import discover_learned
@@ -46,18 +51,24 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Model, torch.Tens
     return model, u
 
 
-def test_melbo_recovers_the_planted_trigger(planted: tuple[Model, torch.Tensor]) -> None:
+@pytest.mark.parametrize(("measure", "radius"), [("raw", 1.0), ("direction", DEFAULT_RADIUS)])
+def test_melbo_recovers_the_planted_trigger(
+    planted: tuple[Model, torch.Tensor], measure: str, radius: float
+) -> None:
     model, u = planted
-    found = train_melbo(model, k=2, iterations=30, **FAST)
+    found = train_melbo(model, k=2, iterations=30, measure=measure, radius=radius, **FAST)
     assert abs(float(found.directions[0] @ u)) > 0.9
     assert found.objective[0] > 10 * found.objective[1]
     gram = found.directions @ found.directions.T  # (k, k)
     assert torch.allclose(gram, torch.eye(2), atol=1e-5)
 
 
-def test_jacobian_recovers_the_planted_trigger(planted: tuple[Model, torch.Tensor]) -> None:
+@pytest.mark.parametrize("measure", ["raw", "direction"])
+def test_jacobian_recovers_the_planted_trigger(
+    planted: tuple[Model, torch.Tensor], measure: str
+) -> None:
     model, u = planted
-    found = train_jacobian(model, k=2, iterations=8, **FAST)
+    found = train_jacobian(model, k=2, iterations=8, measure=measure, **FAST)
     assert abs(float(found.directions[0] @ u)) > 0.9
     assert found.objective[0] > found.objective[1]
 
@@ -135,7 +146,8 @@ def test_discover_learned_saves_candidates_with_their_recipe(
     vec = SteeringVector.load(tmp_path / "candidates" / "c000pos.safetensors")
     assert vec.method == "melbo" and vec.layers == [SOURCE]
     assert vec.recipe["source_layer"] == SOURCE and vec.recipe["target_layer"] == TARGET
-    assert vec.recipe["seed"] == 3 and vec.recipe["radius"] == 1.0
+    assert vec.recipe["seed"] == 3 and vec.recipe["radius"] == DEFAULT_RADIUS
+    assert vec.recipe["measure"] == DEFAULT_MEASURE == "direction"
     assert torch.allclose(vec.directions[SOURCE], learned.directions[0], atol=1e-6)
     saved = json.loads((tmp_path / "discover.json").read_text())
     assert saved["learned"]["method"] == "melbo"

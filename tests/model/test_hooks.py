@@ -10,7 +10,7 @@ from workbench.model.hooks import (
     Site,
     StopForward,
     add_hooks,
-    backend_for,
+    default_backend,
     hooks_applied,
     recording,
 )
@@ -170,7 +170,6 @@ def test_recording_with_stop_ends_the_pass_after_the_last_site(
     assert torch.equal(rec[Site("resid_post", 1)], full[Site("resid_post", 1)])
 
 
-def test_backend_for_sites(tiny_model: Model) -> None:
-    assert backend_for(tiny_model, [Site("resid_post", 1)]) == "hf"
-    # every site kind, resid_mid included, is reached on the transformers model
-    assert backend_for(tiny_model, [Site("resid_mid", 1), Site("z", 1)]) == "hf"
+def test_the_transformers_model_is_the_default_backend(tiny_model: Model) -> None:
+    # every site kind, resid_mid and z included, is reached on it: no TransformerLens copy
+    assert default_backend(tiny_model) == "hf"

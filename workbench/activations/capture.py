@@ -37,7 +37,7 @@ from workbench.activations.store import DTYPES, FORMAT, VERSION
 from workbench.activations.writer import RowBatch, StoreWriter, claim_store
 from workbench.corpora import load_corpus
 from workbench.errors import check
-from workbench.model.hooks import Site, StopForward, backend_for, recording
+from workbench.model.hooks import Site, StopForward, default_backend, recording
 from workbench.model.load import Model
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ def _check_args(
 def _choose_backend(model: Model, site: str, backend: str) -> str:
     check(backend in ("auto", "hf", "tl"), f"unknown backend '{backend}': use auto, hf or tl")
     if backend == "auto":
-        return backend_for(model, [Site(site, 0)])
+        return default_backend(model)
     return backend
 
 

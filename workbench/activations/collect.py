@@ -23,7 +23,7 @@ import torch
 from workbench.activations.batches import ROW_POSITIONS
 from workbench.corpora import BUILTIN_PREFIX, load_corpus, load_text_set
 from workbench.errors import WorkbenchError, check
-from workbench.model.hooks import Site, StopForward, backend_for, recording
+from workbench.model.hooks import Site, StopForward, default_backend, recording
 from workbench.model.load import Model
 
 DEFAULT_BATCH_SIZE = 16
@@ -105,7 +105,7 @@ def run_sites(model: Model, ids: torch.Tensor, sites: Sequence[Site]) -> dict[Si
     The pass stops right after the last site fires. Right padding needs no attention mask:
     attention is causal, so pads after a text cannot change its activations.
     """
-    backend = backend_for(model, sites)
+    backend = default_backend(model)
     ids = ids.to(model.device)
     with recording(model, sites, backend=backend, stop=True) as store:
         try:

@@ -488,7 +488,8 @@ def _learned_lines(learned: dict[str, Any] | None) -> list[str]:
     return [
         f"{learned['method']} at resid_pre {learned['source_layer']} -> resid_pre "
         f"{learned['target_layer']}, R = {learned['radius']:g} x the source layer's mean "
-        f"residual norm, {learned['n_prompts']} prompts, {learned['seconds']:.0f} s",
+        f"residual norm, displacement measured as {learned.get('measure', 'raw')}, "
+        f"{learned['n_prompts']} prompts, {learned['seconds']:.0f} s",
         f"they move layer {learned['target_layer']} {moved['ratio']:.3g}x as much as "
         f"{moved['n_random']} random directions of the same norm (95% interval over prompts "
         f"{lo:.3g}-{hi:.3g}x; per vector "

@@ -57,7 +57,7 @@ from workbench.decompose.labels import candidate_label, contrastive_words
 from workbench.decompose.trials import Calibration, Trials, TrialSettings, row_steering
 from workbench.errors import check
 from workbench.io import write_json
-from workbench.model.hooks import Site, backend_for
+from workbench.model.hooks import Site, default_backend
 from workbench.model.load import Model
 from workbench.vectors.dictionary import from_component
 from workbench.vectors.probe import auroc
@@ -306,7 +306,7 @@ def measure_units(
     held_out = general[-s.n_damage :] if len(general) > s.n_damage else general
     n = units.shape[0]
     everyone = torch.cat([units, _control_units(units.shape[1:], s.n_random, s.seed)])
-    backend = backend_for(model, [site])
+    backend = default_backend(model)
     with row_steering(model, site, backend) as state:
         trials = Trials(model, state, s, backend)
         cal = trials.calibrate(everyone, norm, held_out)

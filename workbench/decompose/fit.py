@@ -51,7 +51,7 @@ from workbench.decompose.hygiene import (
 )
 from workbench.errors import check
 from workbench.measure.metrics import token_logprobs
-from workbench.model.hooks import Site, backend_for, hooks_applied
+from workbench.model.hooks import Site, default_backend, hooks_applied
 from workbench.model.load import Model
 from workbench.steer.forward import steered_logits
 
@@ -166,7 +166,7 @@ def spliced_loss(
         int(mask.sum(1).min()) >= 2,
         "a held-out text has fewer than 2 tokens, so nothing is predicted: drop it",
     )
-    backend = backend_for(model, [where])
+    backend = default_backend(model)
 
     def run(replace: Replace | None) -> float:
         total, count = _mean_loss(model, ids, mask, where, replace, backend, batch_size)

@@ -19,6 +19,8 @@ import torch
 from dictionaries import progress
 from workbench.activations.collect import mean_residual_norms
 from workbench.decompose.learned import (
+    DEFAULT_MEASURE,
+    DEFAULT_RADIUS,
     Displacement,
     Learned,
     check_setup,
@@ -47,12 +49,12 @@ def train_jacobian(
     source: int,
     target: int,
     k: int = 8,
-    radius: float = 1.0,
+    radius: float = DEFAULT_RADIUS,
     iterations: int = 20,
     prompts: str | Sequence[str] | None = None,
     n_prompts: int | None = 12,
     seed: int = 0,
-    measure: str = "raw",
+    measure: str = DEFAULT_MEASURE,
 ) -> Learned:
     """Top-``k`` right singular vectors of the source-to-target Jacobian (block power iteration).
 

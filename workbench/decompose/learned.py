@@ -120,6 +120,13 @@ def frozen(model: Model) -> Iterator[None]:
 # one position's norm explode scores highest); "direction": the change of h_t / ||h_t||, at
 # most 2 per position, so the objective rewards turning many positions, not inflating one.
 MEASURES = ("raw", "direction")
+# Defaults measured by benchmarks/bench_melbo_radius.py on SmolLM2-135M (README, "Learning
+# vectors without labels"): R is the largest radius of the sweep at which every trained vector,
+# steered at R, keeps the damage budget; above it MELBO finds directions that break the text.
+# "direction" because "raw" let one exploding position dominate (interval 9-1128x at R = 1/32,
+# against 10-22x for "direction").
+DEFAULT_RADIUS = 1 / 32
+DEFAULT_MEASURE = "direction"
 
 
 def check_measure(measure: str) -> None:

@@ -37,6 +37,8 @@ import torch
 from dictionaries import progress
 from workbench.activations.collect import mean_residual_norms
 from workbench.decompose.learned import (
+    DEFAULT_MEASURE,
+    DEFAULT_RADIUS,
     Displacement,
     Learned,
     check_setup,
@@ -96,7 +98,7 @@ def train_melbo(
     source: int,
     target: int,
     k: int = 8,
-    radius: float = 1.0,
+    radius: float = DEFAULT_RADIUS,
     iterations: int = 100,
     lr: float = 0.05,
     p: float = 2.0,
@@ -105,7 +107,7 @@ def train_melbo(
     seed: int = 0,
     batched: bool = True,
     orthogonal: bool = True,
-    measure: str = "raw",
+    measure: str = DEFAULT_MEASURE,
     on_step: Callable[[int], None] | None = None,
 ) -> Learned:
     """Learn ``k`` orthogonal steering vectors at ``resid_pre`` of ``source`` (see module doc).

@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 from workbench.decompose.discover import Discovery, build_candidate, measure_units
-from workbench.decompose.learned import Learned, check_setup, displacement_vs_random
+from workbench.decompose.learned import (
+    DEFAULT_MEASURE,
+    DEFAULT_RADIUS,
+    Learned,
+    check_setup,
+    displacement_vs_random,
+)
 from workbench.decompose.trials import TrialSettings
 from workbench.errors import check
 from workbench.model.hooks import Site
@@ -25,10 +31,6 @@ from workbench.model.load import Model
 from workbench.vectors.build import assemble
 
 METHODS = ("melbo", "jacobian")
-# R, in units of the source layer's mean residual norm: measured by
-# benchmarks/bench_melbo_radius.py (see the README, "Unsupervised steering vectors").
-DEFAULT_RADIUS = 1.0
-DEFAULT_MEASURE = "raw"
 
 
 def default_target(model: Model, source: int) -> int:
@@ -46,12 +48,14 @@ def learn(
     radius: float = DEFAULT_RADIUS,
     iterations: int | None = None,
     prompts: str | Sequence[str] | None = None,
+    n_prompts: int | None = 12,
     seed: int = 0,
     measure: str = DEFAULT_MEASURE,
 ) -> Learned:
     """``k`` directions at ``resid_pre`` of ``source`` by ``method`` (``melbo`` or
     ``jacobian``); ``target`` defaults to :func:`default_target`, ``iterations`` to the
-    method's own default (100 Adam steps, 20 power iterations)."""
+    method's own default (100 Adam steps, 20 power iterations); the first ``n_prompts`` prompts
+    are used (``None``: all)."""
     from workbench.decompose.jacobian import train_jacobian
     from workbench.decompose.melbo import train_melbo
 
@@ -64,6 +68,7 @@ def learn(
         "k": k,
         "radius": radius,
         "prompts": prompts,
+        "n_prompts": n_prompts,
         "seed": seed,
         "measure": measure,
     }

@@ -206,13 +206,6 @@ class StopForward(Exception):
     """
 
 
-def backend_for(model: Model, sites: Sequence[Site]) -> str:
-    """The backend that reaches every site: the transformers model whenever there is one (every
-    site kind is hooked on it), so no TransformerLens copy is built by default."""
-    del sites  # every site kind is reachable on both paths
-    return default_backend(model)
-
-
 @contextlib.contextmanager
 def recording(
     model: Model,
