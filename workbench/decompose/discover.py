@@ -279,7 +279,7 @@ def _score(
 
 
 @dataclass
-class _Measured:
+class Measured:
     """The model-side numbers of every signed candidate (arrays over candidates)."""
 
     calibration: Calibration
@@ -299,7 +299,7 @@ def _control_units(shape: torch.Size, n: int, seed: int) -> torch.Tensor:
 
 def measure_units(
     model: Model, site: Site, units: torch.Tensor, norm: float, s: TrialSettings
-) -> _Measured:
+) -> Measured:
     """Calibrate candidates and controls together, then measure effects and completions."""
     prompts = load_corpus(s.prompts, limit=s.n_prompts)
     general = load_corpus(s.damage_texts)
@@ -327,7 +327,7 @@ def measure_units(
         "median_effect": float(np.median(effect[ctrl])) if s.n_random else None,
         "calibration_passes": cal.passes,
     }
-    return _Measured(
+    return Measured(
         calibration=Calibration(cal.coeff[:n], cal.ppl_ratio[:n], cal.capped[:n], cal.passes),
         effect=effect[:n],
         top_tokens=top_tokens[:n],
@@ -360,7 +360,7 @@ def build_candidate(
     vector: SteeringVector,
     model: Model,
     site: Site,
-    m: _Measured,
+    m: Measured,
     stats: ComponentStats | None,
     s: TrialSettings,
     rank_by: str,
@@ -474,18 +474,46 @@ def discover(
         )
         for c, (i, sg) in enumerate(signs)
     ]
-    candidates.sort(key=lambda cd: (cd.inert, -cd.score, cd.index, -cd.sign))
+    return ranked_discovery(
+        model,
+        site,
+        dictionary.method,
+        candidates,
+        m,
+        norm,
+        s,
+        rank_by,
+        hygiene=dictionary.fit_stats_.get("input"),
+    )
+
+
+def ranked_discovery(
+    model: Model,
+    site: Site,
+    method: str,
+    candidates: list[Candidate],
+    m: Measured,
+    norm: float,
+    s: TrialSettings,
+    rank_by: str,
+    *,
+    hygiene: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Discovery:
+    """The candidates best first (active before inert, then by score) with the run's settings,
+    unsteered completions and controls: what every discovery path returns."""
     return Discovery(
         model=model.name,
-        layer=layer,
+        layer=site.layer,
         site=site.kind,
-        method=dictionary.method,
-        k=k,
-        candidates=candidates,
+        method=method,
+        k=len(candidates) // 2,
+        candidates=sorted(candidates, key=lambda cd: (cd.inert, -cd.score, cd.index, -cd.sign)),
         settings=s,
         rank_by=rank_by,
         unsteered_completions=m.unsteered,
         mean_norm=norm,
         controls=m.controls,
-        hygiene=dictionary.fit_stats_.get("input"),
+        hygiene=hygiene,
+        extra=extra or {},
     )

@@ -16,7 +16,12 @@ from typing import Any
 
 import torch
 
-from workbench.decompose.discover import Discovery, build_candidate, measure_units
+from workbench.decompose.discover import (
+    Discovery,
+    build_candidate,
+    measure_units,
+    ranked_discovery,
+)
 from workbench.decompose.learned import (
     DEFAULT_MEASURE,
     DEFAULT_RADIUS,
@@ -139,22 +144,17 @@ def discover_learned(
         build_candidate(c, i, sg, vectors[c], model, site, m, None, s, rank_by, None)
         for c, (i, sg) in enumerate(signs)
     ]
-    candidates.sort(key=lambda cd: (cd.inert, -cd.score, cd.index, -cd.sign))
     recipe = {key: v for key, v in learned.recipe.items() if key != "prompt_texts"}
     moved = displacement_vs_random(model, learned)
-    return Discovery(
-        model=model.name,
-        layer=layer,
-        site=site.kind,
-        method=learned.method,
-        k=k,
-        candidates=candidates,
-        settings=s,
-        rank_by=rank_by,
-        unsteered_completions=m.unsteered,
-        mean_norm=norm,
-        controls=m.controls,
-        hygiene=None,
+    return ranked_discovery(
+        model,
+        site,
+        learned.method,
+        candidates,
+        m,
+        norm,
+        s,
+        rank_by,
         extra={
             "learned": {
                 **recipe,
