@@ -31,6 +31,28 @@ def test_hf_and_tl_give_the_same_steered_logits(tiny_model: Model, shape: tuple[
     assert (hf.logits - clean.logits)[keep].abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("which", ["tiny_model", "tiny_gpt2", "tiny_gemma3"])
+@pytest.mark.parametrize("backend", ["hf", "tl"])
+def test_last_only_logits_are_the_full_logits_at_each_last_token(
+    which: str, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Next-token measures unembed one position a row (``logits_to_keep`` per row on the
+    transformers model): the same numbers as the full logits at each text's last real token,
+    steered, with right padding putting the last tokens at different places."""
+    model: Model = request.getfixturevalue(which)
+    if backend == "tl" and which == "tiny_gemma3":
+        pytest.skip("TransformerLens has no Gemma 3")
+    plan = SteeringPlan.of(_vec(model, 1, (model.d_model,)), 3.0)
+    full = steered_logits(model, TEXTS, plan, backend=backend, batch_size=2)
+    last = steered_logits(model, TEXTS, plan, backend=backend, batch_size=2, last_only=True)
+    ends = full.mask.sum(1) - 1  # (n,)
+    assert len(set(ends.tolist())) == 3  # three different last positions
+    assert last.logits.shape == (len(TEXTS), 1, full.logits.shape[-1])
+    expected = full.logits[torch.arange(len(TEXTS)), ends]  # (n, vocab)
+    assert (last.logits[:, 0] - expected).abs().max() < 1e-4
+    assert torch.equal(last.ids, full.ids) and torch.equal(last.mask, full.mask)
+
+
 def test_batches_give_the_same_logits_as_one_batch(tiny_model: Model) -> None:
     plan = SteeringPlan.of(_vec(tiny_model, 2, (2, 64)), 2.0, position="back")
     whole = steered_logits(tiny_model, TEXTS, plan, batch_size=8)

@@ -134,10 +134,11 @@ class Trials:
     backend: str
 
     def rows(
-        self, deltas: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+        self, deltas: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, last_only: bool = False
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield ``(cand (b,), text (b,), logits, mask)`` over every (candidate, text) row;
-        ``deltas`` is ``(C, *feat)``, ``ids`` and ``mask`` ``(T, pos)``."""
+        ``deltas`` is ``(C, *feat)``, ``ids`` and ``mask`` ``(T, pos)``; ``last_only``: logits
+        ``(b, 1, vocab)`` at each text's last token."""
         n_texts, bs = ids.shape[0], self.s.batch_size
         total = deltas.shape[0] * n_texts
         try:
@@ -146,7 +147,11 @@ class Trials:
                 cand, text = r // n_texts, r % n_texts
                 self.state.deltas = deltas[cand]  # (b, *feat)
                 out = steered_logits(
-                    self.model, (ids[text], mask[text]), backend=self.backend, batch_size=len(r)
+                    self.model,
+                    (ids[text], mask[text]),
+                    backend=self.backend,
+                    batch_size=len(r),
+                    last_only=last_only,
                 )
                 yield cand, text, out.logits, out.mask
         finally:
@@ -227,16 +232,15 @@ class Trials:
         """Per candidate: mean next-token KL(steered || unsteered) over prompts (nats), and the
         tokens whose probability rises most."""
         ids, mask = encode_inputs(self.model, prompts)
-        last = mask.sum(1) - 1  # (T,)
         zero = torch.zeros(1, *deltas.shape[1:])
         base = torch.cat(
-            [lg[torch.arange(len(t)), last[t]] for _, t, lg, _ in self.rows(zero, ids, mask)]
+            [lg[:, 0] for _, _, lg, _ in self.rows(zero, ids, mask, last_only=True)]
         )  # (T, vocab)
         base_p = torch.softmax(base.double(), -1)  # (T, vocab)
         kl = torch.zeros(deltas.shape[0], dtype=torch.float64)  # (C,)
         shift = torch.zeros(deltas.shape[0], base.shape[-1], dtype=torch.float64)  # (C, vocab)
-        for cand, text, logits, _ in self.rows(deltas, ids, mask):
-            final = logits[torch.arange(len(text)), last[text]]  # (b, vocab)
+        for cand, text, logits, _ in self.rows(deltas, ids, mask, last_only=True):
+            final = logits[:, 0]  # (b, vocab)
             kl.index_add_(0, cand, next_token_kl(final, base[text]))
             shift.index_add_(0, cand, torch.softmax(final.double(), -1) - base_p[text])
         top = shift.topk(self.s.n_top_tokens, dim=-1).indices.tolist()  # (C, n_top)

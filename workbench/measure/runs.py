@@ -131,10 +131,9 @@ def last_token_logits(
     plan = _plan(entries, conditions, len(prompts))
     out: list[torch.Tensor] = []
     for batch in iter_steered_logits(
-        model, (ids, mask), plan, backend=backend, batch_size=batch_size
+        model, (ids, mask), plan, backend=backend, batch_size=batch_size, last_only=True
     ):
-        last = batch.mask.sum(1) - 1  # (b,)
-        out.append(batch.logits[torch.arange(len(last)), last])  # (b, vocab)
+        out.append(batch.logits[:, 0])  # (b, vocab)
     return torch.cat(out).view(len(conditions), len(prompts), -1)
 
 

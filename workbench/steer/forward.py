@@ -55,23 +55,36 @@ def encode_inputs(
     return ids, mask
 
 
-def _run(model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _run(
+    model: Model, backend: str, ids: torch.Tensor, mask: torch.Tensor, last_only: bool = False
+) -> torch.Tensor:
+    """``(batch, pos, vocab)`` logits, or ``(batch, 1, vocab)`` at each row's last real token
+    when ``last_only`` (the unembedding then runs on one position a row: on a 262k vocabulary
+    that is most of the cost and memory of a short forward)."""
     ids, mask = ids.to(model.device), mask.to(model.device)
+    last = mask.sum(1) - 1  # (batch,) right padding: the last real token
+    rows = torch.arange(ids.shape[0], device=ids.device)
     with torch.inference_mode():
         if backend == "tl":
             logits = model.tl(ids, attention_mask=mask)
+            if last_only:
+                logits = logits[rows, last][:, None]  # (batch, 1, vocab)
         else:
             if model.hf is None:
                 raise WorkbenchError(
                     f"model {model.name} has no transformers twin: use backend 'tl'"
                 )
-            logits = model.hf(input_ids=ids, attention_mask=mask).logits
+            keep = last[:, None] if last_only else 0  # (batch, 1) positions per row
+            logits = model.hf(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+            if last_only and logits.shape[1] != 1:  # a model class without logits_to_keep
+                logits = logits[rows, last][:, None]
+    real = logits if last_only else logits[mask.bool().to(logits.device)]  # padding never scored
     safety.check_finite(
-        logits[mask.bool().to(logits.device)],  # (real tokens, vocab); padding is never scored
+        real,
         "the logits",
         "the steered model broke down; lower the coefficient (or load it in float32)",
     )
-    return logits.float().cpu()  # (batch, pos, vocab), on the CPU whatever the device
+    return logits.float().cpu()  # (batch, pos or 1, vocab), on the CPU whatever the device
 
 
 def iter_steered_logits(
@@ -82,11 +95,14 @@ def iter_steered_logits(
     backend: str | None = None,
     batch_size: int = 16,
     max_tokens: int | None = None,
+    last_only: bool = False,
 ) -> Iterator[ForwardOutput]:
     """Yield :class:`ForwardOutput` batch by batch (``plan=None``: unsteered).
 
     Each text is its own "prompt" for the plan's position policy (front/middle/back windows are
     placed within it). A plan with coefficient lists needs one coefficient per text.
+    ``last_only``: logits ``(batch, 1, vocab)`` at each text's last token only (next-token
+    measures), the same values as the full logits there.
     """
     check(batch_size >= 1, f"batch size must be at least 1, got {batch_size}")
     backend = backend or default_backend(model)
@@ -102,7 +118,7 @@ def iter_steered_logits(
         width = int(lengths[a:b].max())  # trim padding that only other batches need
         bids, bmask = ids[a:b, :width], mask[a:b, :width]
         if plan is None:
-            logits = _run(model, backend, bids, bmask)
+            logits = _run(model, backend, bids, bmask, last_only)
         else:
             # Hooks live only while this batch runs: a caller that stops iterating early must
             # not leave them on the model.
@@ -111,7 +127,7 @@ def iter_steered_logits(
             with apply_plan(
                 model, sub, backend=backend, pad_offsets=zeros, prompt_lengths=lengths[a:b]
             ):
-                logits = _run(model, backend, bids, bmask)
+                logits = _run(model, backend, bids, bmask, last_only)
         yield ForwardOutput(logits, bids, bmask)
 
 
@@ -123,11 +139,12 @@ def steered_logits(
     backend: str | None = None,
     batch_size: int = 16,
     max_tokens: int | None = None,
+    last_only: bool = False,
 ) -> ForwardOutput:
     """Logits of ``inputs`` under ``plan`` (``None``: unsteered), all batches concatenated.
 
     Returns ``(logits (n, pos, vocab), ids (n, pos), mask (n, pos))``, right-padded to the
-    longest text. For thousands of texts use :func:`iter_steered_logits` instead: the full
+    longest text; with ``last_only`` the logits are ``(n, 1, vocab)``, at each text's last token. For thousands of texts use :func:`iter_steered_logits` instead: the full
     logits tensor is ``n x pos x vocab`` floats.
 
     Example:
@@ -135,11 +152,18 @@ def steered_logits(
     """
     parts = list(
         iter_steered_logits(
-            model, inputs, plan, backend=backend, batch_size=batch_size, max_tokens=max_tokens
+            model,
+            inputs,
+            plan,
+            backend=backend,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            last_only=last_only,
         )
     )
     width = max(p.ids.shape[1] for p in parts)
-    logits = torch.cat([_pad(p.logits, width, 0.0) for p in parts])  # (n, pos, vocab)
+    logit_width = 1 if last_only else width
+    logits = torch.cat([_pad(p.logits, logit_width, 0.0) for p in parts])  # (n, pos or 1, V)
     ids = torch.cat([_pad(p.ids, width, model.pad_token_id) for p in parts])  # (n, pos)
     mask = torch.cat([_pad(p.mask, width, 0) for p in parts])  # (n, pos)
     return ForwardOutput(logits, ids, mask)
