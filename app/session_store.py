@@ -2,9 +2,11 @@
 
 What is kept (``session/`` in the work folder, inside the workspace root): the model's name,
 device and precision, the chosen store, the fitted dictionary's settings (the page refits it
-from them), the kept vectors, each page's latest result and its run history. Vectors are written
-as safetensors files (named by their contents) and everything else as one JSON file, so nothing
-is pickled; a key whose value cannot be written that way is skipped and not restored. A reload
+from them), the ranked candidates of both discovery pages, the kept vectors, each page's latest
+result and its run history. Vectors are written as safetensors files (named by their contents)
+and everything else as one JSON file, so nothing is pickled: the few dataclasses a session holds
+(:data:`DATACLASSES`) are written field by field and rebuilt by name from that list only. A key
+whose value cannot be written that way is skipped and not restored. A reload
 of the page, or the next ``workbench app`` on the same work folder, restores the saved session
 once per browser session; "Clear session" deletes it.
 
@@ -15,7 +17,7 @@ something writes it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,9 @@ import streamlit as st
 
 from app import state
 from app.history import Run
+from workbench.decompose.component_stats import DocExample
+from workbench.decompose.discover import Candidate, Discovery
+from workbench.decompose.trials import TrialSettings
 from workbench.io import remove, write_json
 from workbench.steer.plan import PlanEntry, SteeringPlan
 from workbench.vectors.vector import SteeringVector
@@ -38,12 +43,18 @@ KEYS = (
     state.STORE_PATH,
     state.LIBRARY,
     "decompose_fitted",
+    "decompose_candidates",
+    "learn_found",
 )
 SUFFIXES = ("_last", "_history")
 FORMAT = "workbench.app_session/1"
 
 
 _INIT = [f for f in fields(PlanEntry) if f.init]
+# Dataclasses kept field by field (a discovery's candidates), rebuilt only from this list.
+DATACLASSES: dict[str, type] = {
+    cls.__name__: cls for cls in (Discovery, Candidate, DocExample, TrialSettings)
+}
 
 
 class _Skip(Exception):
@@ -73,6 +84,9 @@ def _encode(value: Any, where: Path) -> Any:
         return {"__plan__": [_encode(e, where) for e in value.entries]}
     if isinstance(value, PlanEntry):
         return {"__entry__": {f.name: _encode(getattr(value, f.name), where) for f in _INIT}}
+    if is_dataclass(value) and DATACLASSES.get(type(value).__name__) is type(value):
+        kept = {f.name: _encode(getattr(value, f.name), where) for f in fields(value) if f.init}
+        return {"__dataclass__": type(value).__name__, "fields": kept}
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
             raise _Skip
@@ -101,6 +115,9 @@ def _decode(value: Any, where: Path) -> Any:
             return PlanEntry(**{k: _decode(v, where) for k, v in value["__entry__"].items()})
         if set(value) == {"__tuple__"}:
             return tuple(_decode(v, where) for v in value["__tuple__"])
+        if set(value) == {"__dataclass__", "fields"}:
+            cls = DATACLASSES[value["__dataclass__"]]  # KeyError: not restored (see restore)
+            return cls(**{k: _decode(v, where) for k, v in value["fields"].items()})
         return {k: _decode(v, where) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode(v, where) for v in value]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from app.widgets import UNEXPECTED
@@ -419,6 +420,16 @@ def test_session_values_round_trip_without_pickle(tiny_model: Model, tmp_path: P
     assert entry.coeff == 5.0 and entry.layers == [1] and entry.vector.method == "prompt_pair"
     with pytest.raises(_Skip):
         _encode({"f": object()}, tmp_path)
+    # The dataclasses of a discovery come back field by field, and only listed ones are rebuilt.
+    from workbench.decompose.component_stats import DocExample
+    from workbench.decompose.trials import TrialSettings
+
+    kept = {"doc": DocExample(3, 0.5, "a text", "peak"), "s": TrialSettings(damage_budget=1.5)}
+    back = _decode(json.loads(json.dumps(_encode(kept, tmp_path))), tmp_path)
+    assert back == kept
+    forged = {"__dataclass__": "Popen", "fields": {"args": ["ls"]}}
+    with pytest.raises(KeyError):
+        _decode(forged, tmp_path)
 
 
 def test_learn_vectors_without_labels_and_send_one_to_steering(at: AppTest) -> None:
@@ -443,6 +454,17 @@ def test_learn_vectors_without_labels_and_send_one_to_steering(at: AppTest) -> N
     lo, hi = moved["ratio_ci"]
     assert shown["95% interval over prompts"] == f"{lo:.3g}-{hi:.3g}x"
     assert "between_doc_share" not in at.dataframe[0].value.columns  # no store statistics
+    # A reload (a new browser session) gets the ranked candidates back from the saved session.
+    fresh = AppTest.from_file(str(MAIN), default_timeout=60)
+    fresh.run()
+    _open(fresh, "learn")
+    back = fresh.session_state["learn_found"]
+    assert back.to_json() == found.to_json()
+    assert torch.equal(
+        back.candidates[0].vector.directions[1], found.candidates[0].vector.directions[1]
+    )
+    assert {m.label: m.value for m in fresh.metric} == shown
+    assert list(fresh.dataframe[0].value["name"]) == [c.name for c in found.candidates]
     sendable = next(c for c in found.candidates if c.suggested_coeff is not None)
     at.selectbox(key="learn_pick").set_value(found.candidates.index(sendable)).run()
     at.button(key="learn_send").click().run()
