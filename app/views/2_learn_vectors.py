@@ -15,6 +15,7 @@ from workbench.decompose.trials import TrialSettings
 from workbench.decompose.unsupervised import (
     DEFAULT_MEASURE,
     DEFAULT_RADIUS,
+    MAX_PROMPTS,
     METHODS,
     default_target,
 )
@@ -103,8 +104,10 @@ custom = e1.text_area(
     "",
     key="learn_prompts",
     height=100,
-    help=f"the vectors train on these; the {len(INSTRUCTIONS)} built-in instructions are "
-    "varied requests, e.g. " + "; ".join(INSTRUCTIONS[:3]),
+    help=f"the vectors train on the first {MAX_PROMPTS} of these (12 of the "
+    f"{len(INSTRUCTIONS)} built-in instructions when empty: varied requests, e.g. "
+    + "; ".join(INSTRUCTIONS[:3])
+    + ")",
 )
 budget = float(
     e2.number_input(

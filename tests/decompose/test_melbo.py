@@ -199,3 +199,15 @@ def test_cli_melbo_end_to_end(
     assert {c["name"] for c in result["candidates"]} == {"c000pos", "c000neg"}
     assert (out / "candidates" / "c000neg.safetensors").exists()
     assert main([*argv[:-2], "--out", str(tmp_path / "o2")]) == 0  # the text rendering works
+
+
+def test_learn_uses_twelve_built_in_prompts_or_all_of_the_callers(tiny_model: Model) -> None:
+    """Built-in instructions: the first 12 (each step runs k x prompts rows); a caller's own
+    prompts: all of them, up to 64."""
+    from workbench.decompose.unsupervised import learn
+
+    builtin = learn(tiny_model, "melbo", source=1, target=3, k=1, iterations=1)
+    assert len(builtin.recipe["prompt_texts"]) == 12
+    mine = [f"Prompt number {i} asks something." for i in range(70)]
+    own = learn(tiny_model, "jacobian", source=1, target=3, k=1, iterations=1, prompts=mine)
+    assert own.recipe["prompt_texts"] == mine[:64]

@@ -129,7 +129,8 @@ def _add_learned_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--prompts",
         default=None,
-        help="prompts to train on: builtin:NAME, .txt or .jsonl (default: built-in instructions)",
+        help="prompts to train on: builtin:NAME, .txt or .jsonl, the first 64 used (default: 12 "
+        "built-in instructions)",
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the initial vectors")
 

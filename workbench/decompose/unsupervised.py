@@ -36,6 +36,7 @@ from workbench.model.load import Model
 from workbench.vectors.build import assemble
 
 METHODS = ("melbo", "jacobian")
+MAX_PROMPTS = 64  # of a caller's own prompts, by default: each step runs k x prompts rows
 
 
 def default_target(model: Model, source: int) -> int:
@@ -53,14 +54,15 @@ def learn(
     radius: float = DEFAULT_RADIUS,
     iterations: int | None = None,
     prompts: str | Sequence[str] | None = None,
-    n_prompts: int | None = 12,
+    n_prompts: int | None = None,
     seed: int = 0,
     measure: str = DEFAULT_MEASURE,
 ) -> Learned:
     """``k`` directions at ``resid_pre`` of ``source`` by ``method`` (``melbo`` or
     ``jacobian``); ``target`` defaults to :func:`default_target`, ``iterations`` to the
-    method's own default (100 Adam steps, 20 power iterations); the first ``n_prompts`` prompts
-    are used (``None``: all)."""
+    method's own default (100 Adam steps, 20 power iterations). The first ``n_prompts`` prompts
+    are used; ``None``: 12 of the built-in instructions, or up to 64 of the caller's (each
+    training step runs ``k`` x prompts rows)."""
     from workbench.decompose.jacobian import train_jacobian
     from workbench.decompose.melbo import train_melbo
 
@@ -73,7 +75,7 @@ def learn(
         "k": k,
         "radius": radius,
         "prompts": prompts,
-        "n_prompts": n_prompts,
+        "n_prompts": n_prompts or (12 if prompts is None else MAX_PROMPTS),
         "seed": seed,
         "measure": measure,
     }
