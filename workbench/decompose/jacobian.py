@@ -11,27 +11,24 @@ prompt), and block power iteration with QR gives the top ``K`` directions withou
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import torch
 
 from dictionaries import progress
-from workbench.activations.collect import mean_residual_norms
 from workbench.decompose.learned import (
     DEFAULT_MEASURE,
     DEFAULT_RADIUS,
     Displacement,
     Learned,
-    check_setup,
     frozen,
-    initial_directions,
     orthonormal,
-    resolve_prompts,
+    prepare,
 )
-from workbench.errors import check
 from workbench.model.hooks import eager_attention
 from workbench.model.load import Model
+
+RADIUS_UNITS = "mean residual norm of the source layer (objective only)"
 
 
 def _gauss_newton(disp: Displacement, v: torch.Tensor) -> torch.Tensor:
@@ -61,12 +58,19 @@ def train_jacobian(
     ``radius`` does not change the directions (the map is linearised); it is used only to report
     each direction's MELBO objective at that radius, comparable with :func:`train_melbo`'s.
     """
-    check_setup(model, source, target, k, radius)
-    check(iterations >= 1, f"iterations must be at least 1 (got {iterations})")
-    texts = resolve_prompts(prompts, n_prompts)
-    mean_norm = mean_residual_norms(model, [source])[source]
-    v = initial_directions(k, model.d_model, seed).to(model.device)
-    began = time.perf_counter()
+    setup = prepare(
+        model,
+        source=source,
+        target=target,
+        k=k,
+        radius=radius,
+        iterations=iterations,
+        measure=measure,
+        prompts=prompts,
+        n_prompts=n_prompts,
+        seed=seed,
+    )
+    texts, v = setup.texts, setup.start
     # Eager attention: the fused kernels have no double backward.
     what = f"jacobian: {k} directions, layer {source} -> {target}"
     with (
@@ -84,28 +88,6 @@ def train_jacobian(
         gain = (_gauss_newton(disp, v) * v).sum(dim=1)  # (k,)
         v = v[torch.argsort(gain, descending=True)]
         with torch.no_grad():
-            objective = disp.rows(v * radius * mean_norm)
-    return Learned(
-        method="jacobian",
-        directions=v.detach().cpu().float(),
-        objective=[float(x) for x in objective],
-        source=source,
-        target=target,
-        radius=radius,
-        mean_norm=mean_norm,
-        recipe={
-            "method": "jacobian",
-            "source_layer": source,
-            "target_layer": target,
-            "radius": radius,
-            "radius_units": "mean residual norm of the source layer (objective only)",
-            "k": k,
-            "iterations": iterations,
-            "measure": measure,
-            "seed": seed,
-            "prompts": prompts if isinstance(prompts, str) or prompts is None else "custom",
-            "prompt_texts": texts,
-        },
-        seconds=time.perf_counter() - began,
-        measure=measure,
-    )
+            objective = disp.rows(v * radius * setup.mean_norm)
+    # radius does not change the directions (the map is linearised): only the objective's
+    return setup.learned("jacobian", v, objective, radius_units=RADIUS_UNITS)

@@ -11,6 +11,7 @@ every position, and its objective is the mean over prompts and positions but BOS
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from workbench.activations.collect import mean_residual_norms
 from workbench.corpora import load_corpus
 from workbench.errors import check
 from workbench.model.hooks import Site, StopForward, hooks_applied, recording
@@ -226,6 +228,101 @@ def initial_directions(k: int, d_model: int, seed: int) -> torch.Tensor:
     ]
     v = torch.stack(rows)  # (k, d_model)
     return v / v.norm(dim=1, keepdim=True)
+
+
+@dataclass
+class Setup:
+    """What MELBO and the Jacobian begin with (:func:`prepare`), and how their result is
+    recorded (:meth:`learned`)."""
+
+    source: int
+    target: int
+    k: int
+    radius: float
+    iterations: int
+    measure: str
+    seed: int
+    prompts: str | Sequence[str] | None
+    texts: list[str]
+    mean_norm: float  # the source layer's mean residual norm (R's unit)
+    start: torch.Tensor  # (k, d_model) seeded unit rows, on the model's device
+    began: float
+
+    def learned(
+        self,
+        method: str,
+        directions: torch.Tensor,
+        objective: torch.Tensor,
+        *,
+        power: float = 2.0,
+        **recipe: Any,
+    ) -> Learned:
+        """The result, with the recipe both methods record plus the method's own ``recipe``."""
+        return Learned(
+            method=method,
+            directions=directions.detach().cpu().float(),
+            objective=[float(x) for x in objective],
+            source=self.source,
+            target=self.target,
+            radius=self.radius,
+            mean_norm=self.mean_norm,
+            recipe={
+                "method": method,
+                "source_layer": self.source,
+                "target_layer": self.target,
+                "radius": self.radius,
+                "radius_units": "mean residual norm of the source layer",
+                "k": self.k,
+                "iterations": self.iterations,
+                **recipe,
+                "measure": self.measure,
+                "seed": self.seed,
+                "prompts": self.prompts
+                if isinstance(self.prompts, str) or self.prompts is None
+                else "custom",
+                "prompt_texts": self.texts,
+            },
+            seconds=time.perf_counter() - self.began,
+            p=power,
+            measure=self.measure,
+        )
+
+
+def prepare(
+    model: Model,
+    *,
+    source: int,
+    target: int,
+    k: int,
+    radius: float,
+    iterations: int,
+    measure: str,
+    prompts: str | Sequence[str] | None,
+    n_prompts: int | None,
+    seed: int,
+) -> Setup:
+    """Check the settings, load the prompts, measure R's unit and draw the starting directions;
+    the clock starts here."""
+    check_setup(model, source, target, k, radius)
+    check(iterations >= 1, f"iterations must be at least 1 (got {iterations})")
+    check_measure(measure)
+    texts = resolve_prompts(prompts, n_prompts)
+    mean_norm = mean_residual_norms(model, [source])[source]
+    start = initial_directions(k, model.d_model, seed).to(model.device)
+    return Setup(
+        source,
+        target,
+        k,
+        radius,
+        iterations,
+        measure,
+        seed,
+        prompts,
+        texts,
+        mean_norm,
+        start,
+        time.perf_counter(),
+    )
 
 
 def displacement_vs_random(

@@ -29,25 +29,20 @@ Example:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 import torch
 
 from dictionaries import progress
-from workbench.activations.collect import mean_residual_norms
 from workbench.decompose.learned import (
     DEFAULT_MEASURE,
     DEFAULT_RADIUS,
     Displacement,
     Learned,
-    check_setup,
     frozen,
-    initial_directions,
     orthonormal,
-    resolve_prompts,
+    prepare,
 )
-from workbench.errors import check
 from workbench.model.load import Model
 
 
@@ -115,13 +110,19 @@ def train_melbo(
     ``radius`` is in units of the source layer's mean residual norm. ``batched`` trains all
     vectors in one batch (one forward per step); otherwise one after another.
     """
-    check_setup(model, source, target, k, radius)
-    check(iterations >= 1, f"iterations must be at least 1 (got {iterations})")
-    texts = resolve_prompts(prompts, n_prompts)
-    mean_norm = mean_residual_norms(model, [source])[source]
-    scale = radius * mean_norm
-    start = initial_directions(k, model.d_model, seed).to(model.device)
-    began = time.perf_counter()
+    setup = prepare(
+        model,
+        source=source,
+        target=target,
+        k=k,
+        radius=radius,
+        iterations=iterations,
+        measure=measure,
+        prompts=prompts,
+        n_prompts=n_prompts,
+        seed=seed,
+    )
+    texts, start, scale = setup.texts, setup.start, radius * setup.mean_norm
     what = f"melbo: {k} vectors, layer {source} -> {target}"
     with frozen(model), progress.task(what, total=iterations, unit="steps"):
         disp = Displacement(model, texts, source, target, p, measure)
@@ -139,31 +140,6 @@ def train_melbo(
             found = torch.stack(done)
         with torch.no_grad():
             objective = disp.rows(found * scale)
-    return Learned(
-        method="melbo",
-        directions=found.cpu().float(),
-        objective=[float(x) for x in objective],
-        source=source,
-        target=target,
-        radius=radius,
-        mean_norm=mean_norm,
-        recipe={
-            "method": "melbo",
-            "source_layer": source,
-            "target_layer": target,
-            "radius": radius,
-            "radius_units": "mean residual norm of the source layer",
-            "k": k,
-            "iterations": iterations,
-            "lr": lr,
-            "p": p,
-            "measure": measure,
-            "seed": seed,
-            "batched": batched,
-            "prompts": prompts if isinstance(prompts, str) or prompts is None else "custom",
-            "prompt_texts": texts,
-        },
-        seconds=time.perf_counter() - began,
-        p=p,
-        measure=measure,
+    return setup.learned(
+        "melbo", found, objective, power=p, lr=lr, p=p, batched=batched, orthogonal=orthogonal
     )
