@@ -303,17 +303,23 @@ def run_learned_discovery(
     """``discover --method melbo|jacobian``: :func:`~workbench.decompose.unsupervised.learn`
     ``k`` directions, then calibrate, rank and label them as :func:`run_discovery` does; ``out``
     gets ``candidates/`` and ``discover.json``, atomically."""
-    from workbench.decompose.learned import check_measure, check_setup, resolve_prompts
+    from workbench.decompose.learned import check_learning
     from workbench.decompose.unsupervised import default_target, discover_learned, learn
 
     check(method in LEARNED_METHODS, f"unknown learned method {method!r}: use melbo or jacobian")
     target = learn_args.pop("target", None)
     target = default_target(model, source) if target is None else target
-    check_setup(
-        model, source, target, learn_args.get("k", 8), learn_args.get("radius", DEFAULT_RADIUS)
+    # Bad settings or an empty or unknown prompt set fail before the claim.
+    check_learning(
+        model,
+        source=source,
+        target=target,
+        k=learn_args.get("k", 8),
+        radius=learn_args.get("radius", DEFAULT_RADIUS),
+        iterations=1 if learn_args.get("iterations") is None else learn_args["iterations"],
+        measure=learn_args.get("measure", DEFAULT_MEASURE),
+        prompts=learn_args.get("prompts"),
     )
-    check_measure(learn_args.get("measure", DEFAULT_MEASURE))
-    resolve_prompts(learn_args.get("prompts"))  # an empty or unknown set fails before the claim
     with claim_output(out, kind=KIND, overwrite=overwrite) as claim:
         with progress.reporting():  # training that lasts over a few seconds says so on stderr
             learned = learn(model, method, source=source, target=target, **learn_args)

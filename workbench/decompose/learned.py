@@ -288,6 +288,28 @@ class Setup:
         )
 
 
+def check_learning(
+    model: Model,
+    *,
+    source: int,
+    target: int,
+    k: int,
+    radius: float,
+    iterations: int = 1,
+    measure: str = DEFAULT_MEASURE,
+    prompts: str | Sequence[str] | None = None,
+    n_prompts: int | None = None,
+) -> list[str]:
+    """Every check a learning run makes before any work (one-line errors); the prompt texts.
+
+    :func:`prepare` runs it, and callers that claim an output first run it before the claim.
+    """
+    check_setup(model, source, target, k, radius)
+    check(iterations >= 1, f"iterations must be at least 1 (got {iterations})")
+    check_measure(measure)
+    return resolve_prompts(prompts, n_prompts)
+
+
 def prepare(
     model: Model,
     *,
@@ -303,10 +325,17 @@ def prepare(
 ) -> Setup:
     """Check the settings, load the prompts, measure R's unit and draw the starting directions;
     the clock starts here."""
-    check_setup(model, source, target, k, radius)
-    check(iterations >= 1, f"iterations must be at least 1 (got {iterations})")
-    check_measure(measure)
-    texts = resolve_prompts(prompts, n_prompts)
+    texts = check_learning(
+        model,
+        source=source,
+        target=target,
+        k=k,
+        radius=radius,
+        iterations=iterations,
+        measure=measure,
+        prompts=prompts,
+        n_prompts=n_prompts,
+    )
     mean_norm = mean_residual_norms(model, [source])[source]
     start = initial_directions(k, model.d_model, seed).to(model.device)
     return Setup(

@@ -26,7 +26,6 @@ from workbench.decompose.learned import (
     DEFAULT_MEASURE,
     DEFAULT_RADIUS,
     Learned,
-    check_setup,
     displacement_vs_random,
 )
 from workbench.decompose.trials import TrialSettings
@@ -68,7 +67,6 @@ def learn(
 
     check(method in METHODS, f"unknown learned method {method!r}: use melbo or jacobian")
     target = default_target(model, source) if target is None else target
-    check_setup(model, source, target, k, radius)
     common: dict[str, Any] = {
         "source": source,
         "target": target,
