@@ -56,9 +56,17 @@ def sweep_layers_ray(
         task.remote(model.name, dtype, device, shared[0], layer, *shared[1:], label)
         for layer in layers
     ]
+    got = 0
     try:
         for ref in refs:
             yield ray.get(ref)
+            got += 1
     finally:
-        for ref in refs:
-            ray.cancel(ref)
+        # Only tasks an early exit (an error, Ctrl-C) leaves running are cancelled: cancelling a
+        # task that has finished or is finishing can crash the driver in Ray's own task manager
+        # ("Tried to complete task that was not pending", seen with Ray 2.60 in this test suite).
+        left = refs[got:]
+        if left:
+            _, running = ray.wait(left, num_returns=len(left), timeout=0)
+            for ref in running:
+                ray.cancel(ref)
